@@ -1,0 +1,58 @@
+"""Destination types (what a plugin registers) and destinations (what a tenant file configures)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from cxbridge.retry import RetryPolicy
+    from cxbridge.templating import TextTemplate
+
+__all__ = ["Destination", "DestinationType"]
+
+
+@dataclass(frozen=True)
+class DestinationType:
+    """A kind of destination a plugin can deliver to, e.g. ``http`` or ``salesforce``.
+
+    ``options`` is a pydantic model describing the destination's own keys in a tenant file; give it
+    ``model_config = ConfigDict(extra="forbid")`` so that a misspelt key is an error at load time.
+    ``plugin`` is filled in by the core with the name of the plugin that registered the type.
+    """
+
+    name: str
+    options: type[BaseModel]
+    description: str = ""
+    plugin: str = ""
+
+
+@dataclass(frozen=True)
+class Destination:
+    """One configured destination of one tenant, validated at load time.
+
+    ``options`` is an instance of the destination type's options model; ``when`` an optional Liquid
+    condition that must be truthy for an event to be sent; ``retry`` the effective retry policy for each
+    event type (``retry_for(event_type)``).
+    """
+
+    tenant: str
+    name: str
+    type: str
+    events: frozenset[str]
+    options: Any
+    timezone: str = "UTC"
+    enabled: bool = True
+    when: TextTemplate | None = None
+    retry: RetryPolicy | None = None
+    retry_by_event: dict[str, RetryPolicy] = field(default_factory=dict)
+
+    def accepts(self, event_type: str) -> bool:
+        return event_type in self.events
+
+    def retry_for(self, event_type: str) -> RetryPolicy:
+        from cxbridge.retry import RetryPolicy
+
+        return self.retry_by_event.get(event_type) or self.retry or RetryPolicy()

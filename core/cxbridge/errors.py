@@ -1,0 +1,126 @@
+"""Exception types. Each carries the ids a person needs to find the thing that went wrong.
+
+Messages say what happened and what to do about it; they never carry secrets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = [
+    "ConfigError",
+    "ConfigProblem",
+    "CxbridgeError",
+    "DeliveryError",
+    "EventValidationError",
+    "PluginError",
+    "SignatureError",
+    "TemplateError",
+    "TemplateRenderError",
+    "TemplateSyntaxError",
+]
+
+
+class CxbridgeError(Exception):
+    """Base of every cxbridge error. ``tenant``, ``destination`` and ``event_id`` are set where known."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        tenant: str | None = None,
+        destination: str | None = None,
+        event_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.tenant = tenant
+        self.destination = destination
+        self.event_id = event_id
+
+    def __str__(self) -> str:
+        where = ", ".join(
+            f"{name}={value}"
+            for name, value in (
+                ("tenant", self.tenant),
+                ("destination", self.destination),
+                ("event", self.event_id),
+            )
+            if value
+        )
+        return f"{self.message} ({where})" if where else self.message
+
+
+class EventValidationError(CxbridgeError):
+    """An event did not match its schema. ``problems`` holds ``(field path, message)`` pairs."""
+
+    def __init__(self, problems: Sequence[tuple[str, str]], **context: str | None) -> None:
+        self.problems = list(problems)
+        lines = "; ".join(f"{path}: {msg}" for path, msg in self.problems)
+        super().__init__(f"invalid event: {lines}", **context)
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One problem in a tenant file, at a position (1-based line and column)."""
+
+    file: str
+    line: int
+    column: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}: {self.message}"
+
+
+class ConfigError(CxbridgeError):
+    """A tenant configuration is invalid. ``problems`` lists every problem found, not just the first."""
+
+    def __init__(self, problems: Sequence[ConfigProblem], **context: str | None) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems), **context)
+
+
+class TemplateError(CxbridgeError):
+    """Base of template errors. ``line`` and ``column`` are positions inside the template (1-based)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        line: int | None = None,
+        column: int | None = None,
+        **context: str | None,
+    ) -> None:
+        super().__init__(message, **context)
+        self.line = line
+        self.column = column
+
+
+class TemplateSyntaxError(TemplateError):
+    """A template cannot be compiled or uses unknown filters or variables. Found at load time."""
+
+
+class TemplateRenderError(TemplateError):
+    """A template failed while rendering an event (type error, resource limit, undefined variable)."""
+
+
+class PluginError(CxbridgeError):
+    """A plugin failed to load or broke the hook contract. ``plugin`` names it."""
+
+    def __init__(self, message: str, *, plugin: str, **context: str | None) -> None:
+        super().__init__(message, **context)
+        self.plugin = plugin
+
+
+class DeliveryError(CxbridgeError):
+    """A delivery could not be made or replayed. ``delivery_id`` names it where known."""
+
+    def __init__(self, message: str, *, delivery_id: str | None = None, **context: str | None):
+        super().__init__(message, **context)
+        self.delivery_id = delivery_id
+
+
+class SignatureError(CxbridgeError):
+    """A webhook signature is missing, malformed, stale or does not match."""

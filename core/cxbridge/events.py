@@ -1,0 +1,209 @@
+"""The events the CXMind platform sends, as typed and versioned pydantic models.
+
+Wire names are camelCase (``call.externalId``, ``ai.summary``, ``qi.score``) because templates are written
+against the wire shape. Unknown fields are kept so that a newer platform can add fields without breaking an
+older bridge; a wrong type is refused with the path of the field.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Annotated, Any, Literal, TypeAlias
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+)
+from pydantic.alias_generators import to_camel
+
+from cxbridge.errors import EventValidationError
+
+__all__ = [
+    "EVENT_TYPES",
+    "ActionItem",
+    "Agent",
+    "AiOutcome",
+    "AiSummary",
+    "Call",
+    "CallCreate",
+    "CallOutcome",
+    "CallSummary",
+    "Customer",
+    "Emotion",
+    "Event",
+    "Intent",
+    "QualityInspection",
+    "QualityScore",
+    "RubricItem",
+    "event_json_schema",
+    "parse_event",
+]
+
+
+class _Wire(BaseModel):
+    """Base of every wire model: camelCase aliases, extra fields kept, Python names accepted too."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="allow",
+        frozen=True,
+    )
+
+
+class Agent(_Wire):
+    id: str
+    name: str | None = None
+    email: str | None = None
+
+
+class Customer(_Wire):
+    phone: str | None = None
+    email: str | None = None
+    name: str | None = None
+
+
+class Call(_Wire):
+    id: str
+    external_id: str | None = None
+    direction: Literal["inbound", "outbound", "internal"] = "inbound"
+    from_: str | None = Field(default=None, alias="from")
+    to: str | None = None
+    started_at: AwareDatetime | None = None
+    answered_at: AwareDatetime | None = None
+    ended_at: AwareDatetime | None = None
+    duration_seconds: float | None = Field(default=None, ge=0)
+    agent: Agent | None = None
+    customer: Customer | None = None
+    queue: str | None = None
+
+
+class Emotion(_Wire):
+    label: str
+    score: float | None = Field(default=None, ge=0, le=1)
+    previous: str | None = None
+
+
+class Intent(_Wire):
+    name: str
+    confidence: float | None = Field(default=None, ge=0, le=1)
+
+
+class AiOutcome(_Wire):
+    emotion: Emotion | None = None
+    intents: list[Intent] = []
+    # Known signals are "escalation" and "sales_lead"; the platform may add more, so any string is taken.
+    signal: str | None = None
+
+
+class ActionItem(_Wire):
+    text: str
+    owner: str | None = None
+    due_date: date | None = None
+
+
+class AiSummary(_Wire):
+    summary: str
+    tags: list[str] = []
+    action_items: list[ActionItem] = []
+    conclusions: list[str] = []
+    sentiment: str | None = None
+
+
+class RubricItem(_Wire):
+    criterion: str
+    score: float
+    max: float | None = None
+    comment: str | None = None
+
+
+class QualityInspection(_Wire):
+    score: float = Field(ge=0, le=100)
+    passed: bool | None = None
+    rubric: list[RubricItem] = []
+
+
+class _Envelope(_Wire):
+    """Fields every event carries. ``id`` is chosen by the producer and unique per tenant."""
+
+    id: str = Field(min_length=1, max_length=200)
+    version: int = Field(default=1, ge=1)
+    occurred_at: AwareDatetime
+    tenant: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
+
+    def template_context(self) -> dict[str, Any]:
+        """The event as templates see it: its wire shape, plus ``event`` for the envelope alone."""
+        data = self.model_dump(mode="json", by_alias=True)
+        data["event"] = {k: data[k] for k in ("id", "type", "version", "occurredAt", "tenant")}
+        return data
+
+
+class CallCreate(_Envelope):
+    """A call was connected."""
+
+    type: Literal["call_create"]
+    call: Call
+
+
+class CallOutcome(_Envelope):
+    """The AI saw something during the call: an emotion shift (anger) or a sales signal (asked for pricing)."""
+
+    type: Literal["call_outcome"]
+    call: Call
+    ai: AiOutcome
+
+
+class CallSummary(_Envelope):
+    """The AI summary of a finished call: summary text, tags, action items, conclusions."""
+
+    type: Literal["call_summary"]
+    call: Call
+    ai: AiSummary
+
+
+class QualityScore(_Envelope):
+    """The result of a quality inspection against a rubric."""
+
+    type: Literal["quality_score"]
+    call: Call
+    qi: QualityInspection
+
+
+Event: TypeAlias = Annotated[
+    CallCreate | CallOutcome | CallSummary | QualityScore, Field(discriminator="type")
+]
+EVENT_TYPES: dict[str, type[_Envelope]] = {
+    "call_create": CallCreate,
+    "call_outcome": CallOutcome,
+    "call_summary": CallSummary,
+    "quality_score": QualityScore,
+}
+_event_adapter: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+def parse_event(data: dict[str, Any] | bytes | str) -> Event:
+    """Validate one event from its wire form (a mapping or JSON text).
+
+    Raises :class:`~cxbridge.errors.EventValidationError` listing every problem with its field path,
+    e.g. ``qi.score: Input should be less than or equal to 100``.
+    """
+    try:
+        if isinstance(data, bytes | str):
+            return _event_adapter.validate_json(data)
+        return _event_adapter.validate_python(data)
+    except ValidationError as exc:
+        problems = [
+            (".".join(str(p) for p in err["loc"]) or "(event)", err["msg"]) for err in exc.errors()
+        ]
+        event_id = data.get("id") if isinstance(data, dict) else None
+        raise EventValidationError(problems, event_id=event_id) from None
+
+
+def event_json_schema() -> dict[str, Any]:
+    """JSON Schema of the event union, as the ingress accepts it."""
+    return _event_adapter.json_schema(by_alias=True)
+

@@ -1,0 +1,43 @@
+"""Process settings, read from ``CXBRIDGE_*`` environment variables (or a ``.env`` file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import field_validator
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    """Settings of one cxbridge process. Tenant configuration lives in YAML files, not here."""
+
+    model_config = SettingsConfigDict(env_prefix="CXBRIDGE_", env_file=".env", extra="ignore")
+
+    config_dir: Path = Field(Path("examples/tenants"), description="Folder of tenant YAML files.")
+    database_url: str = Field(
+        "sqlite:///var/cxbridge.db", description="Store: sqlite:///PATH or postgresql://..."
+    )
+    broker_url: str = Field(
+        "sqlite:///var/cxbridge-broker.db",
+        description="Broker: sqlite:///PATH (embedded), redis://... or amqp://...",
+    )
+    strict_plugins: bool = Field(False, description="A plugin that fails to load is fatal.")
+    plugins_allow: Annotated[list[str] | None, NoDecode] = Field(
+        None, description="Comma-separated entry-point names; only these load."
+    )
+    plugins_deny: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated entry-point names that never load."
+    )
+    retention_days: int = Field(30, ge=1, description="Delivered and dead rows older than this are purged.")
+    log_format: str = Field("auto", pattern="^(auto|json|text)$")
+
+    @field_validator("plugins_allow", "plugins_deny", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value

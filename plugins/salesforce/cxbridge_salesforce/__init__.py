@@ -1,0 +1,14 @@
+"""cxbridge plugin for salesforce destinations (being built)."""
+
+from pydantic import BaseModel, ConfigDict
+
+from cxbridge import hookimpl
+
+
+class SalesforceOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@hookimpl
+def register_destinations(register):  # type: ignore[no-untyped-def]
+    register("salesforce", SalesforceOptions)
