@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import os
 import socket
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -53,3 +57,56 @@ def amqp_url() -> str:
 def postgres_url() -> str:
     require_service("postgres")
     return POSTGRES_URL
+
+
+@pytest.fixture(scope="session")
+def _postgres_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped at the end."""
+    require_service("postgres")
+    import sqlalchemy as sa
+
+    name = f"cxbridge_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield POSTGRES_URL.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The store's database URL: a SQLite file, or a clean PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    url: str = request.getfixturevalue("_postgres_database")
+    import sqlalchemy as sa
+
+    from cxbridge.store import metadata, schema_version
+
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        metadata.drop_all(conn)
+        schema_version.drop(conn, checkfirst=True)
+    engine.dispose()
+    return url
+
+
+@pytest.fixture
+def make_engine() -> Iterator[Callable[..., Any]]:
+    """``build_engine`` from tests.engine_support, closing every engine it made after the test."""
+    from tests.engine_support import build_engine
+
+    made: list[Any] = []
+
+    def make(*args: Any, **kwargs: Any) -> Any:
+        result = build_engine(*args, **kwargs)
+        made.append(result[0])
+        return result
+
+    yield make
+    for engine in made:
+        engine.close()

@@ -1,0 +1,382 @@
+"""Tenant configuration: one YAML file per tenant, validated completely at load time.
+
+A tenant file names the tenant, its ingress API keys and its destinations. Each destination has the core
+keys below; every other key belongs to the destination type's plugin and is validated against its options
+model::
+
+    tenant: acme
+    timezone: Europe/Berlin          # dates in templates render in this zone (default UTC)
+    api_keys: ["${ACME_API_KEY}"]    # ${VAR} is read from the environment at load time
+    retry: {window: 86400}           # tenant-wide retry defaults
+    destinations:
+      qa-webhook:
+        type: http                   # core keys: type, events, when, enabled, retry
+        events: [quality_score]
+        when: qi.score < 50
+        url: https://example.com/hook
+        body: {status: "{% if qi.score > 85 %}Pass{% else %}Review{% endif %}"}
+
+Every problem of every file is reported at once, each as ``file:line:col: message``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cxbridge.destinations import Destination, DestinationType
+from cxbridge.errors import ConfigError, ConfigProblem, TemplateSyntaxError
+from cxbridge.events import EVENT_TYPES
+from cxbridge.retry import RetryPolicy
+from cxbridge.templating import Condition, JsonTemplate, TextTemplate, check_variables
+from cxbridge.yamlpos import Located, load_located
+
+__all__ = ["TenantConfig", "hash_api_key", "load_config_dir", "load_tenant", "tenant_json_schema"]
+
+_M = TypeVar("_M", bound=BaseModel)
+CORE_DESTINATION_KEYS = ("type", "events", "when", "enabled", "retry")
+ALL_EVENTS = "*"
+
+
+class _RetryOverrides(RetryPolicy):
+    """A destination's ``retry:`` block: a policy, plus per-event-type overrides of it."""
+
+    events: dict[str, dict[str, Any]] = {}
+
+
+class _CoreDestination(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: str
+    events: list[str] = Field(min_length=1)
+    when: Condition | None = None
+    enabled: bool = True
+    retry: dict[str, Any] | None = None
+
+
+class _TenantFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tenant: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=100)
+    timezone: str = "UTC"
+    api_keys: list[str] = []
+    retry: RetryPolicy | None = None
+    destinations: dict[str, dict[str, Any]] = {}
+
+
+@dataclass(frozen=True)
+class TenantConfig:
+    """One tenant, loaded. ``api_key_hashes`` are SHA-256 hex digests; plain keys never stay in memory
+    longer than loading takes."""
+
+    name: str
+    file: Path
+    timezone: str = "UTC"
+    api_key_hashes: frozenset[str] = frozenset()
+    destinations: dict[str, Destination] = field(default_factory=dict)
+
+    def destinations_for(self, event_type: str) -> list[Destination]:
+        return [d for d in self.destinations.values() if d.accepts(event_type)]
+
+
+def hash_api_key(key: str) -> str:
+    """The at-rest form of an ingress API key. A tenant file may also list ``sha256:<hex>`` directly."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def load_tenant(
+    path: Path,
+    destination_types: Mapping[str, DestinationType],
+    env: Mapping[str, str] | None = None,
+) -> TenantConfig:
+    """Load and validate one tenant file. Raises :class:`ConfigError` with every problem found."""
+    return _Loader(path, destination_types, os.environ if env is None else env).load()
+
+
+def load_config_dir(
+    directory: Path,
+    destination_types: Mapping[str, DestinationType],
+    env: Mapping[str, str] | None = None,
+) -> dict[str, TenantConfig]:
+    """Load every ``*.yaml`` / ``*.yml`` file of ``directory``; problems of all files are reported together."""
+    if not directory.is_dir():
+        raise ConfigError([ConfigProblem(str(directory), 1, 1, "config directory does not exist")])
+    tenants: dict[str, TenantConfig] = {}
+    problems: list[ConfigProblem] = []
+    files = sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")])
+    for path in files:
+        try:
+            tenant = load_tenant(path, destination_types, env)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
+        if tenant.name in tenants:
+            other = tenants[tenant.name].file
+            problems.append(
+                ConfigProblem(str(path), 1, 1, f"tenant {tenant.name!r} is also defined in {other}")
+            )
+        tenants[tenant.name] = tenant
+    if problems:
+        raise ConfigError(problems)
+    return tenants
+
+
+class _Loader:
+    def __init__(
+        self, path: Path, types: Mapping[str, DestinationType], env: Mapping[str, str]
+    ) -> None:
+        self.path = path
+        self.types = types
+        self.env = env
+        self.problems: list[ConfigProblem] = []
+        self.doc = Located(None)
+
+    def problem(self, where: tuple[str | int, ...], message: str, *, key: bool = False) -> None:
+        pos = self.doc.position(where, key=key)
+        self.problems.append(ConfigProblem(str(self.path), pos.line, pos.column, message))
+
+    def load(self) -> TenantConfig:
+        try:
+            self.doc = load_located(self.path.read_text(encoding="utf-8"), self.env)
+        except OSError as exc:
+            raise ConfigError([ConfigProblem(str(self.path), 1, 1, f"cannot read: {exc}")]) from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+            reason = getattr(exc, "problem", None) or str(exc)
+            raise ConfigError([ConfigProblem(str(self.path), line, col, f"invalid YAML: {reason}")])
+        for pos, message in self.doc.problems:
+            self.problems.append(ConfigProblem(str(self.path), pos.line, pos.column, message))
+        if not isinstance(self.doc.data, dict):
+            self.problem((), "a tenant file must be a mapping with at least `tenant:`")
+            raise ConfigError(self.problems)
+
+        tenant = self._validate(_TenantFile, self.doc.data, ())
+        if tenant is None:
+            raise ConfigError(self.problems)
+        timezone = self._check_timezone(tenant.timezone)
+        destinations = {
+            name: dest
+            for name, raw in tenant.destinations.items()
+            if (dest := self._destination(tenant, name, raw, timezone)) is not None
+        }
+        if self.problems:
+            raise ConfigError(self.problems, tenant=tenant.tenant)
+        return TenantConfig(
+            name=tenant.tenant,
+            file=self.path,
+            timezone=timezone,
+            api_key_hashes=frozenset(
+                key.removeprefix("sha256:") if key.startswith("sha256:") else hash_api_key(key)
+                for key in tenant.api_keys
+            ),
+            destinations=destinations,
+        )
+
+    def _check_timezone(self, name: str) -> str:
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            self.problem(("timezone",), f"unknown time zone {name!r} (use an IANA name like UTC)")
+            return "UTC"
+        return name
+
+    def _validate(
+        self, model: type[_M], data: Any, where: tuple[str | int, ...]
+    ) -> _M | None:
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            for err in exc.errors():
+                self._report(err, where)
+            return None
+
+    def _report(self, err: Any, where: tuple[str | int, ...]) -> None:
+        loc = (*where, *err["loc"])
+        ctx = err.get("ctx") or {}
+        if err["type"] == "template_syntax":
+            leaf = tuple(ctx.get("path") or ())
+            pos = self.doc.position_in_template((*loc, *leaf), ctx.get("line"), ctx.get("column"))
+            field_name = ".".join(str(p) for p in (*loc, *leaf))
+            self.problems.append(
+                ConfigProblem(str(self.path), pos.line, pos.column, f"{field_name}: {ctx['message']}")
+            )
+            return
+        field_name = ".".join(str(p) for p in loc)
+        if err["type"] == "extra_forbidden":
+            self.problem(loc, f"{field_name}: unknown key", key=True)
+        elif err["type"] == "missing":
+            self.problem(loc, f"{field_name}: required key is missing")
+        else:
+            self.problem(loc, f"{field_name}: {err['msg']}")
+
+    def _destination(
+        self, tenant: _TenantFile, name: str, raw: Any, timezone: str
+    ) -> Destination | None:
+        where: tuple[str | int, ...] = ("destinations", name)
+        if not isinstance(raw, dict):
+            self.problem(where, f"destination {name!r} must be a mapping")
+            return None
+        before = len(self.problems)
+        core = self._validate(_CoreDestination, raw, where)
+        if core is None:
+            return None
+        dtype = self.types.get(core.type)
+        if dtype is None:
+            known = ", ".join(sorted(self.types)) or "none (is a plugin installed?)"
+            hint = difflib.get_close_matches(core.type, self.types, n=1)
+            suggestion = f" — did you mean {hint[0]!r}?" if hint else ""
+            self.problem(
+                (*where, "type"),
+                f"unknown destination type {core.type!r}{suggestion}; installed types: {known}",
+            )
+            return None
+        events = self._events(core.events, where)
+        options_data = {k: v for k, v in raw.items() if k not in CORE_DESTINATION_KEYS}
+        options = self._validate(dtype.options, options_data, where)
+        retry, retry_by_event = self._retry(tenant.retry, core.retry, (*where, "retry"))
+        if options is not None:
+            for path, template in _templates(options):
+                self._check_template(template, events, (*where, *path))
+        if core.when is not None:
+            self._check_template(core.when, events, (*where, "when"))
+        if len(self.problems) > before or options is None:
+            return None
+        return Destination(
+            tenant=tenant.tenant,
+            name=name,
+            type=core.type,
+            events=frozenset(events),
+            options=options,
+            timezone=timezone,
+            enabled=core.enabled,
+            when=core.when,
+            retry=retry,
+            retry_by_event=retry_by_event,
+        )
+
+    def _events(self, names: list[str], where: tuple[str | int, ...]) -> set[str]:
+        if ALL_EVENTS in names:
+            return set(EVENT_TYPES)
+        for index, name in enumerate(names):
+            if name not in EVENT_TYPES:
+                self.problem(
+                    (*where, "events", index),
+                    f"unknown event type {name!r}; known: {', '.join(EVENT_TYPES)} or '*'",
+                )
+        return {n for n in names if n in EVENT_TYPES}
+
+    def _retry(
+        self,
+        tenant_default: RetryPolicy | None,
+        raw: dict[str, Any] | None,
+        where: tuple[str | int, ...],
+    ) -> tuple[RetryPolicy | None, dict[str, RetryPolicy]]:
+        base = tenant_default.model_dump() if tenant_default else {}
+        if raw is None:
+            return tenant_default, {}
+        overrides = self._validate(_RetryOverrides, {**base, **raw}, where)
+        if overrides is None:
+            return tenant_default, {}
+        policy = RetryPolicy.model_validate(overrides.model_dump(exclude={"events"}))
+        by_event: dict[str, RetryPolicy] = {}
+        for event_type, changes in overrides.events.items():
+            if event_type not in EVENT_TYPES:
+                self.problem((*where, "events", event_type), f"unknown event type {event_type!r}")
+                continue
+            specific = self._validate(
+                RetryPolicy, {**policy.model_dump(), **changes}, (*where, "events", event_type)
+            )
+            if specific is not None:
+                by_event[event_type] = specific
+        return policy, by_event
+
+    def _check_template(
+        self,
+        template: TextTemplate | JsonTemplate | Condition,
+        events: set[str],
+        where: tuple[str | int, ...],
+    ) -> None:
+        for error in check_variables(template, events):
+            self._template_problem(error, where)
+
+    def _template_problem(self, error: TemplateSyntaxError, where: tuple[str | int, ...]) -> None:
+        leaf = tuple(error.path or ())
+        pos = self.doc.position_in_template((*where, *leaf), error.line, error.column)
+        field_name = ".".join(str(p) for p in (*where, *leaf))
+        self.problems.append(
+            ConfigProblem(str(self.path), pos.line, pos.column, f"{field_name}: {error.message}")
+        )
+
+
+def _templates(
+    value: Any, path: tuple[str | int, ...] = ()
+) -> Iterator[tuple[tuple[str | int, ...], TextTemplate | JsonTemplate | Condition]]:
+    """Every template inside a validated options model, with its path (for variable checks)."""
+    if isinstance(value, TextTemplate | JsonTemplate | Condition):
+        yield path, value
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            yield from _templates(getattr(value, name), (*path, name))
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _templates(item, (*path, key))
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            yield from _templates(item, (*path, index))
+
+
+def tenant_json_schema(destination_types: Mapping[str, DestinationType]) -> dict[str, Any]:
+    """A JSON Schema of the tenant file for editors: core keys plus each plugin's own options."""
+    defs: dict[str, Any] = {}
+    variants = []
+    for name, dtype in sorted(destination_types.items()):
+        schema = dtype.options.model_json_schema(ref_template="#/$defs/{model}")
+        defs.update(schema.pop("$defs", {}))
+        properties = {
+            "type": {"const": name, "description": dtype.description or f"a {name} destination"},
+            "events": {
+                "type": "array",
+                "items": {"enum": [*EVENT_TYPES, ALL_EVENTS]},
+                "minItems": 1,
+            },
+            "when": {"type": "string", "description": "Liquid condition, e.g. qi.score < 50"},
+            "enabled": {"type": "boolean"},
+            "retry": {"$ref": "#/$defs/RetryPolicy"},
+            **schema.get("properties", {}),
+        }
+        variants.append(
+            {
+                "title": f"{name} destination",
+                "type": "object",
+                "properties": properties,
+                "required": sorted({"type", "events", *schema.get("required", [])}),
+                "additionalProperties": False,
+            }
+        )
+    retry_schema = RetryPolicy.model_json_schema()
+    defs["RetryPolicy"] = retry_schema
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "cxbridge tenant file",
+        "type": "object",
+        "properties": {
+            "tenant": {"type": "string", "pattern": "^[A-Za-z0-9_.-]+$"},
+            "timezone": {"type": "string", "description": "IANA time zone, default UTC"},
+            "api_keys": {"type": "array", "items": {"type": "string"}},
+            "retry": {"$ref": "#/$defs/RetryPolicy"},
+            "destinations": {"type": "object", "additionalProperties": {"oneOf": variants}},
+        },
+        "required": ["tenant"],
+        "additionalProperties": False,
+        "$defs": defs,
+    }

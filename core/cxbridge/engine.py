@@ -1,0 +1,255 @@
+"""The delivery engine: the ``deliver`` actor, the retry decision, dead letters and the scheduler.
+
+One :class:`Engine` per process ties together the store, the broker, the plugins and the tenants. The
+actor carries only a delivery id; everything else is read from the store, so a lost or duplicated message
+loses nothing and sends nothing twice at once (a delivery is leased while an attempt runs).
+
+The retry decision is ours, not Dramatiq's ``Retries`` middleware (which cannot stop "24 hours after the
+first attempt"): each failed attempt stores ``next_attempt_at``; short waits are handed to the broker as a
+delay, long ones wait in the store until the scheduler enqueues them. The scheduler also re-enqueues
+deliveries whose message was lost or whose worker died.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from typing import Any
+
+import dramatiq
+
+from cxbridge.clock import Clock, SystemClock
+from cxbridge.config import TenantConfig, load_config_dir
+from cxbridge.destinations import Destination
+from cxbridge.events import Event
+from cxbridge.outcome import Delivery, Outcome, OutcomeKind
+from cxbridge.plugins import PluginManager, load_plugins
+from cxbridge.routing import Accepted, Router
+from cxbridge.settings import Settings
+from cxbridge.store import EXCERPT_LIMIT, AttemptRecord, DeliveryRecord, Store
+
+__all__ = ["ACTOR_NAME", "QUEUE_NAME", "Engine"]
+
+log = logging.getLogger(__name__)
+ACTOR_NAME = "cxbridge_deliver"
+QUEUE_NAME = "cxbridge"
+
+
+class Engine:
+    """Everything one process needs to accept events and deliver them.
+
+    :param lease_seconds: how long one attempt may hold a delivery; after a worker dies, its delivery
+        is retried once the lease has run out. Keep it above the slowest plugin's total timeout.
+    :param lost_after: a delivery enqueued this long ago and still not attempted is enqueued again.
+    :param short_delay: waits up to this many seconds go to the broker as a delay; longer ones wait in
+        the store for the scheduler.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        clock: Clock | None = None,
+        plugins: PluginManager | None = None,
+        tenants: Mapping[str, TenantConfig] | None = None,
+        store: Store | None = None,
+        broker: dramatiq.Broker | None = None,
+        lease_seconds: float = 60.0,
+        lost_after: float = 60.0,
+        short_delay: float = 30.0,
+    ) -> None:
+        from cxbridge.brokers import broker_from_url
+
+        self.settings = settings or Settings()
+        self.clock = clock or SystemClock()
+        self.plugins = plugins or load_plugins(self.settings)
+        self.hooks = self.plugins.hooks
+        self.tenants = (
+            tenants
+            if tenants is not None
+            else load_config_dir(self.settings.config_dir, self.plugins.destination_types)
+        )
+        self.store = store or Store(self.settings.database_url, clock=self.clock)
+        self.store.migrate()
+        self.broker = broker or broker_from_url(self.settings.broker_url)
+        self.lease_seconds = lease_seconds
+        self.lost_after = lost_after
+        self.short_delay = short_delay
+        self.router = Router(self.store, self.hooks, self.tenants, self.enqueue)
+        self.actor: Any = dramatiq.actor(
+            self._deliver_message,
+            broker=self.broker,
+            actor_name=ACTOR_NAME,
+            queue_name=QUEUE_NAME,
+            max_retries=0,
+        )
+        self._worker: Any = None
+        self._stop = threading.Event()
+        self._scheduler: threading.Thread | None = None
+
+    # -- ingest ----------------------------------------------------------------------------------
+
+    def accept(self, event: Event) -> Accepted:
+        """Store an event, fan it out to its destinations and enqueue the deliveries."""
+        return self.router.accept(event)
+
+    def enqueue(self, delivery_ids: Sequence[str]) -> None:
+        for delivery_id in delivery_ids:
+            self.actor.send(delivery_id)
+        self.store.mark_enqueued(delivery_ids)
+
+    # -- one attempt -----------------------------------------------------------------------------
+
+    def _deliver_message(self, delivery_id: str) -> None:
+        self.process(delivery_id)
+
+    def process(self, delivery_id: str) -> Outcome | None:
+        """Make one attempt of a delivery if it is pending and due; ``None`` if there was nothing to do."""
+        record = self.store.claim(delivery_id, self.lease_seconds)
+        if record is None:
+            return None
+        destination = self._destination_of(record)
+        if destination is None:
+            return self._kill(record, None, "destination no longer configured")
+        disabled = self.store.disabled_reason(record.tenant, record.destination)
+        if disabled is not None:
+            return self._kill(record, destination, f"destination disabled: {disabled}")
+
+        started = self.clock.now()
+        delivery = Delivery(
+            id=record.id,
+            tenant=record.tenant,
+            destination=record.destination,
+            event_id=record.event_id,
+            event_type=record.event_type,
+            attempt=record.attempts + 1,
+            payload=record.payload,
+            first_attempt_at=record.first_attempt_at or started,
+        )
+        outcome = self._call_deliver(delivery, destination)
+        duration_ms = (self.clock.now() - started).total_seconds() * 1000
+        now = self.clock.now()
+        next_at = None
+        dead_reason = None
+        if outcome.kind is OutcomeKind.RETRY:
+            policy = destination.retry_for(record.event_type)
+            next_at = policy.next_attempt_at(
+                attempt=delivery.attempt,
+                first_attempt_at=delivery.first_attempt_at or started,
+                now=now,
+                retry_after=outcome.retry_after,
+            )
+            if next_at is None:
+                dead_reason = f"window expired: {outcome.error}"
+        elif outcome.kind is OutcomeKind.PERMANENT:
+            dead_reason = f"permanent: {outcome.error}"
+        short = next_at is not None and next_at - now <= timedelta(seconds=self.short_delay)
+        self.store.finish_attempt(
+            record,
+            AttemptRecord(delivery.attempt, started, duration_ms, outcome),
+            next_attempt_at=next_at,
+            dead_reason=dead_reason,
+            enqueued_at=next_at if short else None,
+        )
+        if short and next_at is not None:
+            delay_ms = max(0, int((next_at - now).total_seconds() * 1000))
+            self.actor.send_with_options(args=(record.id,), delay=delay_ms)
+        if dead_reason is not None:
+            self.hooks.on_delivery_failed(delivery, destination, dead_reason)
+        return outcome
+
+    def _call_deliver(self, delivery: Delivery, destination: Destination) -> Outcome:
+        try:
+            outcome = self.hooks.deliver(delivery, destination)
+        except Exception as exc:
+            log.exception("deliver hook raised for %s", delivery.id)
+            return Outcome.retry(
+                f"plugin raised {type(exc).__name__}: {exc}",
+                response_excerpt=traceback.format_exc()[-EXCERPT_LIMIT:],
+            )
+        if outcome is None:
+            return Outcome.permanent(
+                f"no installed plugin delivers destination type {destination.type!r}"
+            )
+        return outcome
+
+    def _destination_of(self, record: DeliveryRecord) -> Destination | None:
+        tenant = self.tenants.get(record.tenant)
+        return tenant.destinations.get(record.destination) if tenant else None
+
+    def _kill(
+        self, record: DeliveryRecord, destination: Destination | None, reason: str
+    ) -> Outcome:
+        self.store.kill(record, reason)
+        if destination is None:
+            destination = Destination(
+                record.tenant, record.destination, "unknown", frozenset(), options=None
+            )
+        delivery = Delivery(
+            record.id,
+            record.tenant,
+            record.destination,
+            record.event_id,
+            record.event_type,
+            record.attempts,
+            record.payload,
+            record.first_attempt_at,
+        )
+        self.hooks.on_delivery_failed(delivery, destination, reason)
+        return Outcome.permanent(reason)
+
+    # -- scheduling ------------------------------------------------------------------------------
+
+    def sweep(self) -> int:
+        """Enqueue deliveries that are due, or whose message was lost. Returns how many."""
+        ids = self.store.due(lost_after=self.lost_after)
+        self.enqueue(ids)
+        return len(ids)
+
+    def purge(self) -> int:
+        """Delete finished deliveries older than the retention period."""
+        cutoff = self.clock.now() - timedelta(days=self.settings.retention_days)
+        return self.store.purge(cutoff)
+
+    def _schedule_loop(self, interval: float) -> None:
+        last_purge = 0.0
+        while not self._stop.wait(interval):
+            try:
+                self.sweep()
+                if time.monotonic() - last_purge > 3600:
+                    last_purge = time.monotonic()
+                    self.purge()
+            except Exception:
+                log.exception("scheduler pass failed; trying again in %.1f s", interval)
+
+    # -- running ---------------------------------------------------------------------------------
+
+    def start(self, *, threads: int = 4, scheduler: bool = True, interval: float = 1.0) -> None:
+        """Start worker threads (and the scheduler) in this process. :meth:`stop` ends them."""
+        self._stop.clear()
+        self._worker = dramatiq.Worker(self.broker, worker_threads=threads, queues={QUEUE_NAME})
+        self._worker.start()
+        if scheduler:
+            self.sweep()
+            self._scheduler = threading.Thread(
+                target=self._schedule_loop, args=(interval,), name="cxbridge-scheduler", daemon=True
+            )
+            self._scheduler.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._scheduler is not None:
+            self._scheduler.join(timeout)
+            self._scheduler = None
+        if self._worker is not None:
+            self._worker.stop(timeout=int(timeout * 1000))
+            self._worker = None
+
+    def close(self) -> None:
+        self.stop()
+        self.broker.close()
+        self.store.close()

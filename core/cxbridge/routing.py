@@ -1,0 +1,127 @@
+"""Fan-out: an accepted event becomes one stored delivery per matching destination.
+
+``on_event`` hooks observe the event; each destination whose ``events`` list and ``when`` condition match
+gets its payload rendered once by ``transform``; the event and its deliveries are stored in one
+transaction, then enqueued. The same event id again fans out nothing new.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from cxbridge.config import TenantConfig
+from cxbridge.destinations import Destination
+from cxbridge.errors import CxbridgeError
+from cxbridge.events import Event
+from cxbridge.outcome import Delivery, Payload
+from cxbridge.plugins import Hooks
+from cxbridge.store import NewDelivery, Store
+
+__all__ = ["Accepted", "Router", "UnknownTenantError", "delivery_id", "render_payload"]
+
+log = logging.getLogger(__name__)
+
+
+class UnknownTenantError(CxbridgeError):
+    """An event names a tenant that has no configuration file."""
+
+
+def delivery_id(tenant: str, event_id: str, destination: str) -> str:
+    """The stable id of the delivery of one event to one destination: the same on every attempt,
+    replay and process, so it can serve as the destination's idempotency key."""
+    digest = hashlib.sha256(f"{tenant}\0{event_id}\0{destination}".encode()).hexdigest()
+    return f"dlv_{digest[:32]}"
+
+
+def event_body(event: Event) -> bytes:
+    """The event's canonical JSON, as stored and as sent when no plugin transforms it."""
+    return event.model_dump_json(by_alias=True).encode()
+
+
+def render_payload(hooks: Hooks, event: Event, destination: Destination) -> Payload:
+    """The payload for one destination: the ``transform`` hooks' answer, or the event's own JSON."""
+    payload = hooks.transform(event, destination)
+    return payload if payload is not None else Payload(event_body(event))
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """What ingesting one event did. ``duplicate`` events fan out nothing."""
+
+    event_id: str
+    duplicate: bool
+    delivery_ids: list[str] = field(default_factory=list)
+    dead: list[str] = field(default_factory=list)
+
+
+class Router:
+    def __init__(
+        self,
+        store: Store,
+        hooks: Hooks,
+        tenants: Mapping[str, TenantConfig],
+        enqueue: Callable[[Sequence[str]], None],
+    ) -> None:
+        self.store = store
+        self.hooks = hooks
+        self.tenants = tenants
+        self.enqueue = enqueue
+
+    def accept(self, event: Event) -> Accepted:
+        tenant = self.tenants.get(event.tenant)
+        if tenant is None:
+            raise UnknownTenantError(
+                f"no configuration for tenant {event.tenant!r}; add a tenant file for it",
+                tenant=event.tenant,
+                event_id=event.id,
+            )
+        if self.store.has_event(event.tenant, event.id):
+            return self._duplicate(event)
+        self.hooks.on_event(event, event.tenant)
+        context = event.template_context(timezone=tenant.timezone)
+        new: list[tuple[NewDelivery, Destination]] = []
+        for destination in tenant.destinations_for(event.type):
+            if not destination.enabled:
+                continue
+            dead_reason = None
+            payload = Payload(b"")
+            try:
+                if destination.when is not None and not destination.when.matches(
+                    context, timezone=tenant.timezone
+                ):
+                    continue
+                payload = render_payload(self.hooks, event, destination)
+            except Exception as exc:
+                dead_reason = f"template error: {exc}"
+                log.warning(
+                    "event %s to %s/%s: %s", event.id, tenant.name, destination.name, dead_reason
+                )
+            did = delivery_id(event.tenant, event.id, destination.name)
+            new.append((NewDelivery(did, destination.name, payload, dead_reason), destination))
+        stored = self.store.add_event(
+            tenant=event.tenant,
+            event_id=event.id,
+            event_type=event.type,
+            occurred_at=event.occurred_at,
+            body=event_body(event),
+            new_deliveries=[n for n, _ in new],
+        )
+        if not stored:  # another process stored it between our check and our insert
+            return self._duplicate(event)
+        pending = [n.id for n, _ in new if n.dead_reason is None]
+        self.enqueue(pending)
+        for n, destination in new:
+            if n.dead_reason is not None:
+                delivery = Delivery(
+                    n.id, event.tenant, destination.name, event.id, event.type, 0, n.payload
+                )
+                self.hooks.on_delivery_failed(delivery, destination, n.dead_reason)
+        return Accepted(event.id, False, [n.id for n, _ in new], [n.id for n, _ in new if n.dead_reason])
+
+    def _duplicate(self, event: Event) -> Accepted:
+        tenant = self.tenants[event.tenant]
+        ids = [delivery_id(event.tenant, event.id, name) for name in tenant.destinations]
+        return Accepted(event.id, True, [i for i in ids if self.store.get_delivery(i)])

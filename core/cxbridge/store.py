@@ -1,0 +1,612 @@
+"""The durable store: events, deliveries, attempts and dead letters (SQLAlchemy 2 Core).
+
+The store, not the broker, is the source of truth: a delivery row exists before its message is enqueued,
+and a delivery in backoff waits here (``next_attempt_at``) rather than in the broker. SQLite (embedded,
+the default) and PostgreSQL (scale-out) are supported. Times are stored as UTC epoch seconds.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from cxbridge.clock import Clock, SystemClock
+from cxbridge.outcome import Outcome, Payload
+
+__all__ = [
+    "AttemptRecord",
+    "DeliveryFilter",
+    "DeliveryRecord",
+    "NewDelivery",
+    "Store",
+    "normalize_database_url",
+]
+
+EXCERPT_LIMIT = 16 * 1024
+PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
+
+metadata = sa.MetaData()
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("tenant", sa.String(100), primary_key=True),
+    sa.Column("id", sa.String(200), primary_key=True),
+    sa.Column("type", sa.String(50), nullable=False),
+    sa.Column("occurred_at", sa.Float, nullable=False),
+    sa.Column("received_at", sa.Float, nullable=False, index=True),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+)
+deliveries = sa.Table(
+    "deliveries",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("tenant", sa.String(100), nullable=False),
+    sa.Column("destination", sa.String(200), nullable=False),
+    sa.Column("event_id", sa.String(200), nullable=False),
+    sa.Column("event_type", sa.String(50), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+    sa.Column("content_type", sa.String(200), nullable=False),
+    sa.Column("meta", sa.Text, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("first_attempt_at", sa.Float),
+    sa.Column("next_attempt_at", sa.Float),
+    sa.Column("enqueued_at", sa.Float),
+    sa.Column("lease_until", sa.Float),
+    sa.Column("delivered_at", sa.Float),
+    sa.Column("last_error", sa.Text),
+    sa.Column("remote_id", sa.String(200)),
+    sa.Index("ix_deliveries_due", "status", "next_attempt_at"),
+    sa.Index("ix_deliveries_filter", "tenant", "destination", "status", "created_at"),
+    sa.Index("ix_deliveries_event", "tenant", "event_id"),
+)
+attempts = sa.Table(
+    "attempts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("delivery_id", sa.String(64), nullable=False, index=True),
+    sa.Column("number", sa.Integer, nullable=False),
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("duration_ms", sa.Float, nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("status_code", sa.Integer),
+    sa.Column("provider_code", sa.String(100)),
+    sa.Column("error", sa.Text),
+    sa.Column("retry_after", sa.Float),
+    sa.Column("remote_id", sa.String(200)),
+    sa.Column("response_excerpt", sa.Text),
+)
+dead_letters = sa.Table(
+    "dead_letters",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("delivery_id", sa.String(64), nullable=False, index=True),
+    sa.Column("tenant", sa.String(100), nullable=False),
+    sa.Column("destination", sa.String(200), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("dead_at", sa.Float, nullable=False, index=True),
+    sa.Column("replayed_at", sa.Float),
+)
+disabled_destinations = sa.Table(
+    "disabled_destinations",
+    metadata,
+    sa.Column("tenant", sa.String(100), primary_key=True),
+    sa.Column("destination", sa.String(200), primary_key=True),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("disabled_at", sa.Float, nullable=False),
+)
+schema_version = sa.Table(
+    "cxbridge_schema_version", metadata, sa.Column("version", sa.Integer, nullable=False)
+)
+
+# Each migration brings the schema from version i to i + 1. Version 1 is the tables above.
+MIGRATIONS: list[Callable[[sa.Connection], None]] = [
+    lambda conn: metadata.create_all(conn, tables=[t for t in metadata.sorted_tables])
+]
+
+
+def _ts(value: datetime | None) -> float | None:
+    return value.timestamp() if value is not None else None
+
+
+def _dt(value: float | None) -> datetime | None:
+    return datetime.fromtimestamp(value, UTC) if value is not None else None
+
+
+@dataclass(frozen=True)
+class NewDelivery:
+    id: str
+    destination: str
+    payload: Payload
+    dead_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class DeliveryRecord:
+    id: str
+    tenant: str
+    destination: str
+    event_id: str
+    event_type: str
+    status: str
+    payload: Payload
+    attempts: int
+    created_at: datetime
+    first_attempt_at: datetime | None
+    next_attempt_at: datetime | None
+    delivered_at: datetime | None
+    last_error: str | None
+    remote_id: str | None
+
+    @classmethod
+    def from_row(cls, row: sa.Row[Any]) -> DeliveryRecord:
+        m = row._mapping
+        return cls(
+            id=m["id"],
+            tenant=m["tenant"],
+            destination=m["destination"],
+            event_id=m["event_id"],
+            event_type=m["event_type"],
+            status=m["status"],
+            payload=Payload(bytes(m["body"]), m["content_type"], json.loads(m["meta"])),
+            attempts=m["attempts"],
+            created_at=_dt(m["created_at"]) or datetime.now(UTC),
+            first_attempt_at=_dt(m["first_attempt_at"]),
+            next_attempt_at=_dt(m["next_attempt_at"]),
+            delivered_at=_dt(m["delivered_at"]),
+            last_error=m["last_error"],
+            remote_id=m["remote_id"],
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-friendly view for the CLI and admin API (payload body as text)."""
+        data = {k: v for k, v in self.__dict__.items() if k != "payload"}
+        for key, value in data.items():
+            if isinstance(value, datetime):
+                data[key] = value.isoformat()
+        data["payload"] = self.payload.body.decode("utf-8", "replace")
+        return data
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    number: int
+    started_at: datetime
+    duration_ms: float
+    outcome: Outcome
+
+
+@dataclass(frozen=True)
+class DeliveryFilter:
+    """Which deliveries to list or replay. ``None`` fields do not filter."""
+
+    tenant: str | None = None
+    destination: str | None = None
+    event_type: str | None = None
+    status: str | None = DEAD
+    since: datetime | None = None
+    until: datetime | None = None
+    ids: Sequence[str] | None = None
+
+    def where(self) -> list[sa.ColumnElement[bool]]:
+        c = deliveries.c
+        clauses: list[sa.ColumnElement[bool]] = []
+        for column, value in (
+            (c.tenant, self.tenant),
+            (c.destination, self.destination),
+            (c.event_type, self.event_type),
+            (c.status, self.status),
+        ):
+            if value is not None:
+                clauses.append(column == value)
+        if self.since is not None:
+            clauses.append(c.created_at >= self.since.timestamp())
+        if self.until is not None:
+            clauses.append(c.created_at < self.until.timestamp())
+        if self.ids is not None:
+            clauses.append(c.id.in_(list(self.ids)))
+        return clauses
+
+
+def normalize_database_url(url: str) -> str:
+    """``postgresql://`` uses psycopg 3; ``sqlite:///relative/path`` gets its folder created."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return url
+
+
+class Store:
+    """Everything the engine persists. Thread-safe; one instance per process."""
+
+    def __init__(self, url: str, *, clock: Clock | None = None) -> None:
+        self.url = normalize_database_url(url)
+        self.clock = clock or SystemClock()
+        self.is_sqlite = self.url.startswith("sqlite")
+        if self.is_sqlite:
+            self.engine = sa.create_engine(
+                self.url, connect_args={"timeout": 30, "check_same_thread": False}
+            )
+            sa.event.listen(self.engine, "connect", _sqlite_on_connect)
+            # Take the write lock when a transaction begins: a deferred transaction that upgrades from
+            # read to write fails at once with "database is locked" instead of waiting.
+            sa.event.listen(self.engine, "begin", lambda c: c.exec_driver_sql("BEGIN IMMEDIATE"))
+            self._insert: Any = sqlite.insert
+        else:
+            self.engine = sa.create_engine(self.url, pool_size=10, max_overflow=20)
+            self._insert = postgresql.insert
+
+    def now(self) -> float:
+        return self.clock.now().timestamp()
+
+    def migrate(self) -> int:
+        """Apply pending migrations; returns the schema version."""
+        with self.engine.begin() as conn:
+            schema_version.create(conn, checkfirst=True)
+            current = conn.execute(sa.select(schema_version.c.version)).scalar()
+            if current is None:
+                current = 0
+                conn.execute(schema_version.insert().values(version=0))
+            for version in range(current, len(MIGRATIONS)):
+                MIGRATIONS[version](conn)
+            conn.execute(schema_version.update().values(version=len(MIGRATIONS)))
+        return len(MIGRATIONS)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- ingest ----------------------------------------------------------------------------------
+
+    def has_event(self, tenant: str, event_id: str) -> bool:
+        with self.engine.connect() as conn:
+            query = sa.select(events.c.id).where(events.c.tenant == tenant, events.c.id == event_id)
+            return conn.execute(query).first() is not None
+
+    def add_event(
+        self,
+        *,
+        tenant: str,
+        event_id: str,
+        event_type: str,
+        occurred_at: datetime,
+        body: bytes,
+        new_deliveries: Iterable[NewDelivery],
+    ) -> bool:
+        """Store an event and its deliveries in one transaction. ``False`` if the event was already
+        stored (then nothing is written)."""
+        now = self.now()
+        with self.engine.begin() as conn:
+            inserted = conn.execute(
+                self._insert(events)
+                .values(
+                    tenant=tenant,
+                    id=event_id,
+                    type=event_type,
+                    occurred_at=occurred_at.timestamp(),
+                    received_at=now,
+                    body=body,
+                )
+                .on_conflict_do_nothing()
+            ).rowcount
+            if not inserted:
+                return False
+            rows = []
+            dead = []
+            for d in new_deliveries:
+                rows.append(
+                    {
+                        "id": d.id,
+                        "tenant": tenant,
+                        "destination": d.destination,
+                        "event_id": event_id,
+                        "event_type": event_type,
+                        "status": DEAD if d.dead_reason else PENDING,
+                        "body": d.payload.body,
+                        "content_type": d.payload.content_type,
+                        "meta": json.dumps(d.payload.meta),
+                        "attempts": 0,
+                        "created_at": now,
+                        "updated_at": now,
+                        "next_attempt_at": None if d.dead_reason else now,
+                        "last_error": d.dead_reason,
+                    }
+                )
+                if d.dead_reason:
+                    dead.append(self._dead_row(d.id, tenant, d.destination, d.dead_reason, now))
+            if rows:
+                conn.execute(deliveries.insert(), rows)
+            if dead:
+                conn.execute(dead_letters.insert(), dead)
+        return True
+
+    @staticmethod
+    def _dead_row(
+        delivery_id: str, tenant: str, destination: str, reason: str, now: float
+    ) -> dict[str, Any]:
+        return {
+            "delivery_id": delivery_id,
+            "tenant": tenant,
+            "destination": destination,
+            "reason": reason,
+            "dead_at": now,
+        }
+
+    def event_body(self, tenant: str, event_id: str) -> bytes | None:
+        with self.engine.connect() as conn:
+            query = sa.select(events.c.body).where(
+                events.c.tenant == tenant, events.c.id == event_id
+            )
+            body = conn.execute(query).scalar()
+        return bytes(body) if body is not None else None
+
+    # -- delivering ------------------------------------------------------------------------------
+
+    def mark_enqueued(self, ids: Sequence[str], at: float | None = None) -> None:
+        if not ids:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(
+                deliveries.update()
+                .where(deliveries.c.id.in_(list(ids)))
+                .values(enqueued_at=self.now() if at is None else at)
+            )
+
+    def claim(self, delivery_id: str, lease_seconds: float) -> DeliveryRecord | None:
+        """Lease a pending, due delivery for one attempt; ``None`` if it is not pending, not due, or
+        leased by another worker (so two copies of one message never send twice at once)."""
+        now = self.now()
+        c = deliveries.c
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                deliveries.update()
+                .where(
+                    c.id == delivery_id,
+                    c.status == PENDING,
+                    sa.or_(c.next_attempt_at.is_(None), c.next_attempt_at <= now),
+                    sa.or_(c.lease_until.is_(None), c.lease_until < now),
+                )
+                .values(lease_until=now + lease_seconds)
+                .returning(*deliveries.c)
+            ).first()
+        return DeliveryRecord.from_row(row) if row is not None else None
+
+    def finish_attempt(
+        self,
+        record: DeliveryRecord,
+        attempt: AttemptRecord,
+        *,
+        next_attempt_at: datetime | None,
+        dead_reason: str | None,
+        enqueued_at: datetime | None = None,
+    ) -> None:
+        """Record one attempt and the delivery's new state, atomically."""
+        outcome = attempt.outcome
+        now = self.now()
+        if outcome.ok:
+            status = DELIVERED
+        elif dead_reason is not None:
+            status = DEAD
+        else:
+            status = PENDING
+        excerpt = outcome.response_excerpt
+        if excerpt is not None and len(excerpt) > EXCERPT_LIMIT:
+            excerpt = excerpt[:EXCERPT_LIMIT]
+        with self.engine.begin() as conn:
+            conn.execute(
+                attempts.insert().values(
+                    delivery_id=record.id,
+                    number=attempt.number,
+                    started_at=attempt.started_at.timestamp(),
+                    duration_ms=attempt.duration_ms,
+                    outcome=outcome.kind.value,
+                    status_code=outcome.status_code,
+                    provider_code=outcome.provider_code,
+                    error=outcome.error,
+                    retry_after=outcome.retry_after,
+                    remote_id=outcome.remote_id,
+                    response_excerpt=excerpt,
+                )
+            )
+            conn.execute(
+                deliveries.update()
+                .where(deliveries.c.id == record.id)
+                .values(
+                    status=status,
+                    attempts=attempt.number,
+                    updated_at=now,
+                    first_attempt_at=_ts(record.first_attempt_at or attempt.started_at),
+                    next_attempt_at=_ts(next_attempt_at),
+                    enqueued_at=_ts(enqueued_at),
+                    lease_until=None,
+                    delivered_at=now if outcome.ok else None,
+                    last_error=dead_reason or outcome.error,
+                    remote_id=outcome.remote_id or record.remote_id,
+                )
+            )
+            if status == DEAD:
+                conn.execute(
+                    dead_letters.insert().values(
+                        self._dead_row(record.id, record.tenant, record.destination, dead_reason or "", now)
+                    )
+                )
+            if outcome.disable_destination:
+                self._disable(conn, record.tenant, record.destination, outcome.error or "", now)
+
+    def kill(self, record: DeliveryRecord, reason: str) -> None:
+        """Dead-letter a delivery without an attempt (destination removed or disabled)."""
+        now = self.now()
+        with self.engine.begin() as conn:
+            conn.execute(
+                deliveries.update()
+                .where(deliveries.c.id == record.id)
+                .values(status=DEAD, updated_at=now, lease_until=None, last_error=reason)
+            )
+            conn.execute(
+                dead_letters.insert().values(
+                    self._dead_row(record.id, record.tenant, record.destination, reason, now)
+                )
+            )
+
+    def due(self, *, lost_after: float, limit: int = 1000) -> list[str]:
+        """Pending deliveries that need a message now: due and never enqueued for this attempt, or
+        enqueued ``lost_after`` seconds ago and still not picked up (message lost, worker killed)."""
+        now = self.now()
+        c = deliveries.c
+        query = (
+            sa.select(c.id)
+            .where(
+                c.status == PENDING,
+                c.next_attempt_at <= now,
+                sa.or_(c.lease_until.is_(None), c.lease_until < now),
+                sa.or_(
+                    c.enqueued_at.is_(None),
+                    c.enqueued_at < c.next_attempt_at,
+                    c.enqueued_at < now - lost_after,
+                ),
+            )
+            .order_by(c.next_attempt_at)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return list(conn.execute(query).scalars())
+
+    # -- destinations ----------------------------------------------------------------------------
+
+    def _disable(
+        self, conn: sa.Connection, tenant: str, destination: str, reason: str, now: float
+    ) -> None:
+        conn.execute(
+            self._insert(disabled_destinations)
+            .values(tenant=tenant, destination=destination, reason=reason, disabled_at=now)
+            .on_conflict_do_nothing()
+        )
+
+    def disabled_reason(self, tenant: str, destination: str) -> str | None:
+        with self.engine.connect() as conn:
+            query = sa.select(disabled_destinations.c.reason).where(
+                disabled_destinations.c.tenant == tenant,
+                disabled_destinations.c.destination == destination,
+            )
+            reason: str | None = conn.execute(query).scalar()
+            return reason
+
+    def enable_destination(self, tenant: str, destination: str) -> bool:
+        with self.engine.begin() as conn:
+            return bool(
+                conn.execute(
+                    disabled_destinations.delete().where(
+                        disabled_destinations.c.tenant == tenant,
+                        disabled_destinations.c.destination == destination,
+                    )
+                ).rowcount
+            )
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def get_delivery(self, delivery_id: str) -> DeliveryRecord | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(deliveries.select().where(deliveries.c.id == delivery_id)).first()
+        return DeliveryRecord.from_row(row) if row is not None else None
+
+    def list_deliveries(self, where: DeliveryFilter, limit: int | None = None) -> list[DeliveryRecord]:
+        query = deliveries.select().where(*where.where()).order_by(deliveries.c.created_at)
+        if limit is not None:
+            query = query.limit(limit)
+        with self.engine.connect() as conn:
+            return [DeliveryRecord.from_row(r) for r in conn.execute(query)]
+
+    def count_deliveries(self, where: DeliveryFilter) -> int:
+        query = sa.select(sa.func.count()).select_from(deliveries).where(*where.where())
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar() or 0)
+
+    def status_counts(self) -> dict[str, int]:
+        query = sa.select(deliveries.c.status, sa.func.count()).group_by(deliveries.c.status)
+        with self.engine.connect() as conn:
+            return {status: int(n) for status, n in conn.execute(query)}
+
+    def attempts_of(self, delivery_id: str) -> list[dict[str, Any]]:
+        query = attempts.select().where(attempts.c.delivery_id == delivery_id).order_by(attempts.c.id)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def dead_letters_of(self, delivery_id: str) -> list[dict[str, Any]]:
+        query = (
+            dead_letters.select()
+            .where(dead_letters.c.delivery_id == delivery_id)
+            .order_by(dead_letters.c.id)
+        )
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    # -- replay and retention ----------------------------------------------------------------------
+
+    def reset_for_replay(self, ids: Sequence[str], payloads: dict[str, Payload] | None = None) -> None:
+        """Make deliveries pending again with a fresh retry window, due now."""
+        now = self.now()
+        with self.engine.begin() as conn:
+            conn.execute(
+                deliveries.update()
+                .where(deliveries.c.id.in_(list(ids)))
+                .values(
+                    status=PENDING,
+                    first_attempt_at=None,
+                    next_attempt_at=now,
+                    enqueued_at=None,
+                    lease_until=None,
+                    updated_at=now,
+                )
+            )
+            conn.execute(
+                dead_letters.update()
+                .where(dead_letters.c.delivery_id.in_(list(ids)), dead_letters.c.replayed_at.is_(None))
+                .values(replayed_at=now)
+            )
+            for delivery_id, payload in (payloads or {}).items():
+                conn.execute(
+                    deliveries.update()
+                    .where(deliveries.c.id == delivery_id)
+                    .values(
+                        body=payload.body,
+                        content_type=payload.content_type,
+                        meta=json.dumps(payload.meta),
+                    )
+                )
+
+    def purge(self, older_than: datetime) -> int:
+        """Delete finished deliveries (and their attempts, dead letters and events) last updated
+        before ``older_than``. Pending deliveries are never purged. Returns deliveries deleted."""
+        cutoff = older_than.timestamp()
+        c = deliveries.c
+        finished = sa.select(c.id).where(c.status.in_([DELIVERED, DEAD]), c.updated_at < cutoff)
+        with self.engine.begin() as conn:
+            conn.execute(attempts.delete().where(attempts.c.delivery_id.in_(finished)))
+            conn.execute(dead_letters.delete().where(dead_letters.c.delivery_id.in_(finished)))
+            deleted = conn.execute(
+                deliveries.delete().where(c.status.in_([DELIVERED, DEAD]), c.updated_at < cutoff)
+            ).rowcount
+            still_used = sa.select(c.id).where(c.tenant == events.c.tenant, c.event_id == events.c.id)
+            conn.execute(
+                events.delete().where(events.c.received_at < cutoff, ~sa.exists(still_used))
+            )
+        return int(deleted)
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Autocommit at the driver level, so that SQLAlchemy's "begin" event decides the BEGIN statement.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()

@@ -1,0 +1,127 @@
+"""YAML loading that remembers where every value came from, so errors can say ``file:line:col``."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+__all__ = ["Located", "Position", "load_located"]
+
+Path = tuple[str | int, ...]
+_ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+@dataclass(frozen=True)
+class Position:
+    """1-based line and column of a YAML node; ``style`` is the scalar's quoting (``'"'``, ``"|"``...)."""
+
+    line: int
+    column: int
+    style: str | None = None
+
+
+@dataclass
+class Located:
+    """A loaded YAML document plus the position of each value and each mapping key, by path."""
+
+    data: Any
+    values: dict[Path, Position] = field(default_factory=dict)
+    keys: dict[Path, Position] = field(default_factory=dict)
+    problems: list[tuple[Position, str]] = field(default_factory=list)
+
+    def position(self, path: Path, *, key: bool = False) -> Position:
+        """Where ``path`` is, or its nearest ancestor that exists (a missing key points at its parent)."""
+        table = self.keys if key else self.values
+        for end in range(len(path), -1, -1):
+            prefix = path[:end]
+            if prefix in table:
+                return table[prefix]
+            if prefix in self.values:
+                return self.values[prefix]
+        return Position(1, 1)
+
+    def position_in_template(self, path: Path, line: int | None, column: int | None) -> Position:
+        """The file position of a (line, column) inside the template string at ``path``."""
+        start = self.position(path)
+        if not line:
+            return start
+        if start.style in ("|", ">"):
+            # Block scalars start on the line after the indicator; the column is the content indent.
+            return Position(start.line + line, column or 1)
+        if line == 1:
+            quote = 1 if start.style in ('"', "'") else 0
+            return Position(start.line, start.column + quote + (column or 1) - 1)
+        return Position(start.line + line - 1, column or 1)
+
+
+def load_located(text: str, env: Mapping[str, str]) -> Located:
+    """Parse YAML ``text``; ``${VAR}`` in strings is replaced from ``env`` (``$$`` is a literal ``$``).
+
+    A missing variable, or a duplicate key, is recorded in ``problems`` rather than raised, so that every
+    problem of a file can be reported at once. YAML syntax errors raise :class:`yaml.YAMLError`.
+    """
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    located = Located(None)
+    if node is not None:
+        constructor = yaml.SafeLoader("")
+        located.data = _build(node, (), located, env, constructor.construct_object)
+    return located
+
+
+def _pos(node: yaml.Node) -> Position:
+    style = getattr(node, "style", None)
+    return Position(node.start_mark.line + 1, node.start_mark.column + 1, style)
+
+
+def _build(
+    node: yaml.Node,
+    path: Path,
+    located: Located,
+    env: Mapping[str, str],
+    construct: Callable[[yaml.Node], Any],
+) -> Any:
+    located.values[path] = _pos(node)
+    if isinstance(node, yaml.MappingNode):
+        result: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = construct(key_node)
+            if not isinstance(key, str | int):
+                key = str(key)
+            child = (*path, key)
+            if key in result:
+                located.problems.append((_pos(key_node), f"duplicate key {key!r}"))
+            located.keys[child] = _pos(key_node)
+            result[key] = _build(value_node, child, located, env, construct)
+        return result
+    if isinstance(node, yaml.SequenceNode):
+        return [
+            _build(item, (*path, index), located, env, construct)
+            for index, item in enumerate(node.value)
+        ]
+    value = construct(node)
+    if isinstance(value, str) and "$" in value:
+        value = _substitute(value, _pos(node), located, env)
+    return value
+
+
+def _substitute(value: str, position: Position, located: Located, env: Mapping[str, str]) -> str:
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name is None:
+            return "$"
+        if name not in env:
+            located.problems.append(
+                (
+                    Position(position.line, position.column + match.start()),
+                    f"environment variable {name} is not set (referenced as ${{{name}}}); set it "
+                    "or remove the reference",
+                )
+            )
+            return ""
+        return env[name]
+
+    return _ENV_REF.sub(replace, value)
