@@ -170,6 +170,7 @@ class _Loader:
             if (dest := self._destination(tenant, name, raw, timezone)) is not None
         }
         if self.problems:
+            self.problems.sort(key=lambda p: (p.line, p.column))
             raise ConfigError(self.problems, tenant=tenant.tenant)
         return TenantConfig(
             name=tenant.tenant,
@@ -215,7 +216,7 @@ class _Loader:
         if err["type"] == "extra_forbidden":
             self.problem(loc, f"{field_name}: unknown key", key=True)
         elif err["type"] == "missing":
-            self.problem(loc, f"{field_name}: required key is missing")
+            self.problem(loc[:-1], f"{field_name}: required key is missing", key=True)
         else:
             self.problem(loc, f"{field_name}: {err['msg']}")
 
@@ -227,29 +228,37 @@ class _Loader:
             self.problem(where, f"destination {name!r} must be a mapping")
             return None
         before = len(self.problems)
+        # Keep checking after a problem in the core keys, so that one run reports everything.
         core = self._validate(_CoreDestination, raw, where)
-        if core is None:
-            return None
-        dtype = self.types.get(core.type)
-        if dtype is None:
+        type_name = raw.get("type")
+        dtype = self.types.get(type_name) if isinstance(type_name, str) else None
+        if dtype is None and isinstance(type_name, str):
             known = ", ".join(sorted(self.types)) or "none (is a plugin installed?)"
-            hint = difflib.get_close_matches(core.type, self.types, n=1)
+            hint = difflib.get_close_matches(type_name, self.types, n=1)
             suggestion = f" — did you mean {hint[0]!r}?" if hint else ""
             self.problem(
                 (*where, "type"),
-                f"unknown destination type {core.type!r}{suggestion}; installed types: {known}",
+                f"unknown destination type {type_name!r}{suggestion}; installed types: {known}",
             )
+        raw_events = raw.get("events")
+        events = self._events(
+            [e for e in raw_events if isinstance(e, str)] if isinstance(raw_events, list) else [],
+            where,
+        )
+        retry, retry_by_event = self._retry(
+            tenant.retry, raw.get("retry") if isinstance(raw.get("retry"), dict) else None,
+            (*where, "retry"),
+        )
+        if dtype is None:
             return None
-        events = self._events(core.events, where)
         options_data = {k: v for k, v in raw.items() if k not in CORE_DESTINATION_KEYS}
         options = self._validate(dtype.options, options_data, where)
-        retry, retry_by_event = self._retry(tenant.retry, core.retry, (*where, "retry"))
         if options is not None:
             for path, template in _templates(options):
                 self._check_template(template, events, (*where, *path))
-        if core.when is not None:
+        if core is not None and core.when is not None:
             self._check_template(core.when, events, (*where, "when"))
-        if len(self.problems) > before or options is None:
+        if len(self.problems) > before or options is None or core is None:
             return None
         return Destination(
             tenant=tenant.tenant,

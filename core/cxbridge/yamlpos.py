@@ -109,6 +109,8 @@ def _build(
 
 
 def _substitute(value: str, position: Position, located: Located, env: Mapping[str, str]) -> str:
+    quote = 1 if position.style in ('"', "'") else 0
+
     def replace(match: re.Match[str]) -> str:
         name = match.group(1)
         if name is None:
@@ -116,7 +118,7 @@ def _substitute(value: str, position: Position, located: Located, env: Mapping[s
         if name not in env:
             located.problems.append(
                 (
-                    Position(position.line, position.column + match.start()),
+                    Position(position.line, position.column + quote + match.start()),
                     f"environment variable {name} is not set (referenced as ${{{name}}}); set it "
                     "or remove the reference",
                 )

@@ -1,0 +1,75 @@
+"""The engine end to end with real Dramatiq workers: one behaviour suite over the embedded SQLite
+broker, Redis and RabbitMQ, with the store on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from cxbridge import Outcome
+from cxbridge.brokers import broker_from_url
+from cxbridge.clock import SystemClock
+from cxbridge.engine import QUEUE_NAME
+from tests.engine_support import MakeEngine, make_event
+from tests.scripted_plugin import ScriptedPlugin
+
+
+@pytest.fixture(params=["sqlite", "redis", "rabbitmq"])
+def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'broker.db'}"
+    return str(request.getfixturevalue("redis_url" if request.param == "redis" else "amqp_url"))
+
+
+def wait_until_settled(engine, timeout: float = 30.0) -> dict[str, int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        counts = engine.store.status_counts()
+        if counts.get("pending", 0) == 0:
+            return counts
+        time.sleep(0.05)
+    raise AssertionError(f"deliveries still pending after {timeout} s: {counts}")
+
+
+def test_workers_deliver_retry_and_dead_letter(
+    make_engine: MakeEngine, tmp_path: Path, broker_url: str, store_url: str
+):
+    def answer(delivery):
+        # The first attempt of every third delivery fails with 503; quality scores of 13 are refused.
+        if delivery.payload.body.find(b'"score":13.0') >= 0:
+            return Outcome.permanent("HTTP 400")
+        if delivery.attempt == 1 and int(delivery.event_id.rsplit("-", 1)[1]) % 3 == 0:
+            return Outcome.retry("HTTP 503", retry_after=0.2)
+        return Outcome.delivered()
+
+    broker = broker_from_url(broker_url)
+    broker.declare_queue(QUEUE_NAME)
+    broker.flush_all()
+    plugin = ScriptedPlugin(default=answer)
+    engine, plugin, _ = make_engine(
+        tmp_path,
+        plugin=plugin,
+        database_url=store_url,
+        broker=broker,
+        clock=SystemClock(),
+    )
+    engine.start(threads=4, interval=0.2)
+    try:
+        ids = []
+        for n in range(30):
+            event = make_event(event_id=f"evt-{n}", score=13 if n == 7 else 60)
+            ids += engine.accept(event).delivery_ids
+        counts = wait_until_settled(engine)
+    finally:
+        engine.stop()
+        broker.flush_all()
+
+    assert counts == {"delivered": 29, "dead": 2}  # event 7 also matched low-scores
+    successes = Counter(d.id for d in plugin.calls)
+    assert set(successes) == set(ids)
+    retried = [i for i in ids if successes[i] == 2]
+    assert len(retried) == 10  # events 0, 3, ..., 27 failed once and were retried
+    assert [reason for _, reason in plugin.failed] == ["permanent: HTTP 400"] * 2
