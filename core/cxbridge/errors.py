@@ -83,7 +83,11 @@ class ConfigError(CxbridgeError):
 
 
 class TemplateError(CxbridgeError):
-    """Base of template errors. ``line`` and ``column`` are positions inside the template (1-based)."""
+    """Base of template errors. ``line`` and ``column`` are positions inside the template (1-based).
+
+    ``path`` locates the template inside a JSON document (keys and list indices from the document's
+    root to the string leaf) when it is one leaf of a ``JsonTemplate``; otherwise ``None``.
+    """
 
     def __init__(
         self,
@@ -91,11 +95,13 @@ class TemplateError(CxbridgeError):
         *,
         line: int | None = None,
         column: int | None = None,
+        path: tuple[str | int, ...] | None = None,
         **context: str | None,
     ) -> None:
         super().__init__(message, **context)
         self.line = line
         self.column = column
+        self.path = path
 
 
 class TemplateSyntaxError(TemplateError):

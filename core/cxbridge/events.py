@@ -7,8 +7,11 @@ older bridge; a wrong type is refused with the path of the field.
 
 from __future__ import annotations
 
-from datetime import date
-from typing import Annotated, Any, Literal, TypeAlias
+import functools
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, tzinfo
+from types import UnionType
+from typing import Annotated, Any, Literal, TypeAlias, Union, get_args, get_origin
 
 from pydantic import (
     AwareDatetime,
@@ -116,13 +119,13 @@ class AiSummary(_Wire):
 
 class RubricItem(_Wire):
     criterion: str
-    score: float
-    max: float | None = None
+    score: int | float
+    max: int | float | None = None
     comment: str | None = None
 
 
 class QualityInspection(_Wire):
-    score: float = Field(ge=0, le=100)
+    score: int | float = Field(ge=0, le=100)
     passed: bool | None = None
     rubric: list[RubricItem] = []
 
@@ -135,11 +138,65 @@ class _Envelope(_Wire):
     occurred_at: AwareDatetime
     tenant: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
 
-    def template_context(self) -> dict[str, Any]:
-        """The event as templates see it: its wire shape, plus ``event`` for the envelope alone."""
+    def template_context(self, timezone: str = "UTC") -> dict[str, Any]:
+        """The event as templates see it: its wire shape, plus ``event`` for the envelope alone.
+
+        Date-times are ISO 8601 strings in ``timezone`` (an IANA name such as ``Europe/Berlin``),
+        UTC written with ``Z`` by default, whatever offset the producer sent. Raises ``ValueError``
+        for an unknown time zone.
+        """
+        from cxbridge.templating import zone
+
         data = self.model_dump(mode="json", by_alias=True)
+        tz = zone(timezone)
+        for path in _datetime_paths(type(self)):
+            _to_zone(data, path, tz)
         data["event"] = {k: data[k] for k in ("id", "type", "version", "occurredAt", "tenant")}
         return data
+
+
+@functools.cache
+def _datetime_paths(model: type[BaseModel]) -> tuple[tuple[str, ...], ...]:
+    """Wire paths of the date-time fields of ``model`` ("*" steps into a list), computed once."""
+
+    def walk(
+        annotation: Any, prefix: tuple[str, ...], seen: frozenset[type]
+    ) -> Iterator[tuple[str, ...]]:
+        origin = get_origin(annotation)
+        if origin is Annotated:
+            yield from walk(get_args(annotation)[0], prefix, seen)
+        elif origin in (Union, UnionType):
+            for arg in get_args(annotation):
+                yield from walk(arg, prefix, seen)
+        elif origin is list:
+            yield from walk(get_args(annotation)[0], (*prefix, "*"), seen)
+        elif annotation in (datetime, AwareDatetime):
+            yield prefix
+        elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            if annotation in seen:
+                return
+            for name, field in annotation.model_fields.items():
+                yield from walk(
+                    field.annotation, (*prefix, field.alias or name), seen | {annotation}
+                )
+
+    return tuple(path for path in walk(model, (), frozenset()) if path[-1] != "*")
+
+
+def _to_zone(data: Any, path: tuple[str, ...], tz: tzinfo) -> None:
+    """Rewrite the ISO date-time at ``path`` inside ``data`` (a JSON dump) in time zone ``tz``."""
+    *parents, last = path
+    nodes = [data]
+    for step in parents:
+        if step == "*":
+            nodes = [item for node in nodes if isinstance(node, list) for item in node]
+        else:
+            nodes = [node[step] for node in nodes if isinstance(node, dict) and node.get(step)]
+    for node in nodes:
+        value = node.get(last) if isinstance(node, dict) else None
+        if isinstance(value, str):
+            text = datetime.fromisoformat(value).astimezone(tz).isoformat()
+            node[last] = text[:-6] + "Z" if tz is UTC else text
 
 
 class CallCreate(_Envelope):
@@ -206,4 +263,3 @@ def parse_event(data: dict[str, Any] | bytes | str) -> Event:
 def event_json_schema() -> dict[str, Any]:
     """JSON Schema of the event union, as the ingress accepts it."""
     return _event_adapter.json_schema(by_alias=True)
-
