@@ -1,0 +1,158 @@
+"""The zenpy client of a destination, and the requests session under it.
+
+zenpy 2.0.57 is used for what it does well (URLs, objects, response parsing) and kept away from what
+a delivery worker cannot afford:
+
+- On 429 zenpy sleeps in a loop for as long as Zendesk keeps sending ``Retry-After``.
+  :class:`ZendeskSession` raises :class:`RateLimited` on a 429 before zenpy sees the response, so
+  the attempt ends at once and the engine schedules the next one after ``Retry-After``.
+- Redirects are not followed (:class:`UnexpectedRedirect`): an API that moved is a configuration
+  problem.
+- Extra headers for one request (``Idempotency-Key``) come from a context variable
+  (:func:`request_headers`), so a session is never mutated per request.
+- The object cache is off (``disable_cache=True``): it serves stale tickets and is not thread-safe.
+- One session per thread and destination (connection reuse); a fresh, cheap ``Zenpy`` per attempt,
+  because zenpy's API objects keep per-request state.
+
+For tests, :func:`set_session_factory` swaps the session (e.g. one that rewrites ``https`` to
+``http`` to reach a fake server on 127.0.0.1, with ``domain: "0.0.1:PORT"`` and ``subdomain:
+"127"``). Note that zenpy only parses a response whose request URL contains ``subdomain.domain``: a
+session must not rewrite the host.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from types import MappingProxyType
+from typing import Any
+
+import requests
+
+# zenpy ships no type information
+from zenpy import Zenpy  # type: ignore[import-untyped]
+from zenpy import __version__ as zenpy_version
+
+from cxbridge import parse_retry_after
+from cxbridge_zendesk.options import ZendeskOptions
+
+__all__ = [
+    "RateLimited",
+    "SessionFactory",
+    "UnexpectedRedirect",
+    "ZendeskSession",
+    "make_client",
+    "request_headers",
+    "set_session_factory",
+]
+
+USER_AGENT = f"cxbridge-zendesk/0.1 zenpy/{zenpy_version}"
+
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+_request_headers: ContextVar[Mapping[str, str]] = ContextVar(
+    "cxbridge_zendesk_request_headers", default=_NO_HEADERS
+)
+
+
+class RateLimited(Exception):
+    """Zendesk answered 429. ``retry_after`` is in seconds (``None`` when it did not say)."""
+
+    def __init__(self, response: requests.Response) -> None:
+        self.response = response
+        self.retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        super().__init__(f"Zendesk rate limit (HTTP 429), retry after {self.retry_after} s")
+
+
+class UnexpectedRedirect(Exception):
+    """Zendesk answered with a redirect; the subdomain or domain is probably wrong."""
+
+    def __init__(self, response: requests.Response) -> None:
+        self.response = response
+        location = response.headers.get("Location", "?")
+        super().__init__(
+            f"Zendesk answered HTTP {response.status_code} redirecting to {location}; check the "
+            "destination's subdomain and domain"
+        )
+
+
+@contextmanager
+def request_headers(headers: Mapping[str, str]) -> Iterator[None]:
+    """Add ``headers`` to every request this thread (context) sends inside the block."""
+    token = _request_headers.set({**_request_headers.get(), **headers})
+    try:
+        yield
+    finally:
+        _request_headers.reset(token)
+
+
+class ZendeskSession(requests.Session):
+    """A requests session that ends an attempt on 429 instead of letting zenpy sleep, follows no
+    redirects and adds the headers of :func:`request_headers`. Subclass it (never replace it) to
+    change transport."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.headers["User-Agent"] = USER_AGENT
+
+    def request(
+        self, method: str, url: str | bytes, *args: Any, **kwargs: Any
+    ) -> requests.Response:
+        extra = _request_headers.get()
+        if extra:
+            kwargs["headers"] = {**(kwargs.get("headers") or {}), **extra}
+        kwargs.setdefault("allow_redirects", False)
+        response = super().request(method, url, *args, **kwargs)
+        if response.status_code == 429:
+            raise RateLimited(response)
+        if response.is_redirect:
+            raise UnexpectedRedirect(response)
+        return response
+
+
+SessionFactory = Callable[[], ZendeskSession]
+_session_factory: SessionFactory = ZendeskSession
+_local = threading.local()
+
+
+def set_session_factory(factory: SessionFactory | None) -> SessionFactory:
+    """For tests: build sessions with ``factory`` (``None`` restores the default).
+
+    Returns the previous factory. Sessions already made by this thread are dropped."""
+    global _session_factory
+    previous = _session_factory
+    _session_factory = factory or ZendeskSession
+    _local.__dict__.clear()
+    return previous
+
+
+def _session(key: tuple[Any, ...]) -> ZendeskSession:
+    sessions: dict[tuple[Any, ...], ZendeskSession] = _local.__dict__.setdefault("sessions", {})
+    factory = _session_factory
+    session = sessions.get((factory, *key))
+    if session is None:
+        session = factory()
+        if not isinstance(session, ZendeskSession):
+            raise TypeError("the session factory must return a ZendeskSession (or a subclass)")
+        sessions[(factory, *key)] = session
+    return session
+
+
+def make_client(options: ZendeskOptions, *, tenant: str = "", destination: str = "") -> Zenpy:
+    """A zenpy client for one attempt, over this thread's session for the destination."""
+    key = (tenant, destination, options.subdomain, options.domain, options.email)
+    credentials: dict[str, Any] = {}
+    if options.oauth_token is not None:
+        credentials["oauth_token"] = options.oauth_token.get_secret_value()
+    elif options.api_token is not None:
+        credentials["email"] = options.email
+        credentials["token"] = options.api_token.get_secret_value()
+    return Zenpy(
+        subdomain=options.subdomain,
+        domain=options.domain,
+        session=_session(key),
+        timeout=options.timeout,
+        disable_cache=True,
+        **credentials,
+    )
