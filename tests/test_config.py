@@ -218,7 +218,16 @@ def test_cli_render_keeps_injection_inside_its_field(monkeypatch):
     event_file = EXAMPLES / "events" / "call_summary.json"
     result = CliRunner().invoke(
         cli,
-        ["render", "-c", str(EXAMPLES / "tenants"), "-t", "acme", "-d", "qa-webhook", str(event_file)],
+        [
+            "render",
+            "-c",
+            str(EXAMPLES / "tenants"),
+            "-t",
+            "acme",
+            "-d",
+            "qa-webhook",
+            str(event_file),
+        ],
     )
     assert result.exit_code == 0, result.output
     body = json.loads(result.stdout)

@@ -4,18 +4,20 @@ disabled destinations, the sweeper and replay. Runs with the store on SQLite and
 from __future__ import annotations
 
 from datetime import timedelta
+from itertools import pairwise
 from pathlib import Path
 
 from cxbridge import Outcome
 from cxbridge.engine import QUEUE_NAME
 from cxbridge.replay import replay
 from cxbridge.store import DeliveryFilter
-from tests.engine_support import make_event
-from tests.engine_support import MakeEngine
+from tests.engine_support import MakeEngine, make_event
 from tests.scripted_plugin import ScriptedPlugin
 
 
-def test_fan_out_stores_one_delivery_per_matching_destination(make_engine: MakeEngine, tmp_path: Path, store_url: str):
+def test_fan_out_stores_one_delivery_per_matching_destination(
+    make_engine: MakeEngine, tmp_path: Path, store_url: str
+):
     engine, plugin, _ = make_engine(tmp_path, database_url=store_url)
     low = engine.accept(make_event(score=40))
     high = engine.accept(make_event(score=90))
@@ -28,7 +30,9 @@ def test_fan_out_stores_one_delivery_per_matching_destination(make_engine: MakeE
     assert engine.broker.queues[QUEUE_NAME].qsize() == 4
 
 
-def test_same_event_id_again_fans_out_nothing_new(make_engine: MakeEngine, tmp_path: Path, store_url: str):
+def test_same_event_id_again_fans_out_nothing_new(
+    make_engine: MakeEngine, tmp_path: Path, store_url: str
+):
     engine, plugin, _ = make_engine(tmp_path, database_url=store_url)
     first = engine.accept(make_event(event_id="evt-1"))
     again = engine.accept(make_event(event_id="evt-1"))
@@ -49,7 +53,9 @@ def test_delivery_ids_are_stable_per_event_and_destination(make_engine: MakeEngi
     )
 
 
-def test_503_forever_retries_on_schedule_and_dies_at_24_hours(make_engine: MakeEngine, tmp_path: Path, store_url: str):
+def test_503_forever_retries_on_schedule_and_dies_at_24_hours(
+    make_engine: MakeEngine, tmp_path: Path, store_url: str
+):
     plugin = ScriptedPlugin(default=Outcome.retry("HTTP 503", status_code=503))
     engine, plugin, clock = make_engine(
         tmp_path, plugin=plugin, database_url=store_url, short_delay=0
@@ -70,7 +76,7 @@ def test_503_forever_retries_on_schedule_and_dies_at_24_hours(make_engine: MakeE
         attempt_times.append(clock.now())
         assert len(attempt_times) < 100
 
-    for number, (before, after) in enumerate(zip(attempt_times, attempt_times[1:]), start=1):
+    for number, (before, after) in enumerate(pairwise(attempt_times), start=1):
         ceiling = schedule[min(number, len(schedule)) - 1]
         assert 0 <= (after - before).total_seconds() <= ceiling  # full jitter: [0, ceiling]
     assert attempt_times[-1] - start <= timedelta(hours=24)
@@ -82,7 +88,9 @@ def test_503_forever_retries_on_schedule_and_dies_at_24_hours(make_engine: MakeE
     assert len(engine.store.attempts_of(delivery_id)) == len(attempt_times)
 
 
-def test_permanent_failure_is_dead_after_one_attempt(make_engine: MakeEngine, tmp_path: Path, store_url: str):
+def test_permanent_failure_is_dead_after_one_attempt(
+    make_engine: MakeEngine, tmp_path: Path, store_url: str
+):
     plugin = ScriptedPlugin(default=Outcome.permanent("HTTP 400", status_code=400))
     engine, plugin, _ = make_engine(tmp_path, plugin=plugin, database_url=store_url)
     (delivery_id,) = engine.accept(make_event("call_summary")).delivery_ids
@@ -117,7 +125,9 @@ def test_retry_after_is_honoured(make_engine: MakeEngine, tmp_path: Path):
     assert len(plugin.calls) == 2
 
 
-def test_410_disables_the_destination_until_enabled(make_engine: MakeEngine, tmp_path: Path, store_url: str):
+def test_410_disables_the_destination_until_enabled(
+    make_engine: MakeEngine, tmp_path: Path, store_url: str
+):
     plugin = ScriptedPlugin()
     plugin.script.append(Outcome.permanent("HTTP 410", disable_destination=True))
     engine, plugin, _ = make_engine(tmp_path, plugin=plugin, database_url=store_url)
@@ -139,7 +149,9 @@ def test_410_disables_the_destination_until_enabled(make_engine: MakeEngine, tmp
     assert record is not None and record.status == "delivered"
 
 
-def test_exception_in_deliver_hook_is_a_retry_with_traceback(make_engine: MakeEngine, tmp_path: Path):
+def test_exception_in_deliver_hook_is_a_retry_with_traceback(
+    make_engine: MakeEngine, tmp_path: Path
+):
     plugin = ScriptedPlugin()
     plugin.script.append(RuntimeError("socket exploded"))
     engine, _, _ = make_engine(tmp_path, plugin=plugin, short_delay=0)
@@ -153,7 +165,9 @@ def test_exception_in_deliver_hook_is_a_retry_with_traceback(make_engine: MakeEn
     assert "Traceback" in attempt["response_excerpt"]
 
 
-def test_template_error_at_fan_out_dead_letters_only_that_delivery(make_engine: MakeEngine, tmp_path: Path):
+def test_template_error_at_fan_out_dead_letters_only_that_delivery(
+    make_engine: MakeEngine, tmp_path: Path
+):
     plugin = ScriptedPlugin()
     tenant = """
     tenant: acme
@@ -178,7 +192,9 @@ def test_template_error_at_fan_out_dead_letters_only_that_delivery(make_engine: 
     assert [d.id for d, _ in plugin.failed] == [dead_id]
 
 
-def test_message_deleted_from_the_broker_is_still_delivered(make_engine: MakeEngine, tmp_path: Path, store_url: str):
+def test_message_deleted_from_the_broker_is_still_delivered(
+    make_engine: MakeEngine, tmp_path: Path, store_url: str
+):
     engine, plugin, clock = make_engine(tmp_path, database_url=store_url, lost_after=60)
     (delivery_id,) = engine.accept(make_event("call_summary")).delivery_ids
     engine.broker.flush_all()  # the message is gone behind the engine's back
@@ -194,7 +210,9 @@ def test_message_deleted_from_the_broker_is_still_delivered(make_engine: MakeEng
     assert len(plugin.calls) == 1
 
 
-def test_replay_resends_the_stored_payload_with_a_fresh_window(make_engine: MakeEngine, tmp_path: Path, store_url: str):
+def test_replay_resends_the_stored_payload_with_a_fresh_window(
+    make_engine: MakeEngine, tmp_path: Path, store_url: str
+):
     plugin = ScriptedPlugin()
     plugin.script.append(Outcome.permanent("HTTP 422"))
     engine, plugin, _ = make_engine(tmp_path, plugin=plugin, database_url=store_url)
@@ -241,7 +259,9 @@ def test_retry_policy_can_be_overridden_per_event_type(make_engine: MakeEngine, 
     assert record is not None and record.status == "dead" and record.attempts == 3
 
 
-def test_purge_removes_only_finished_deliveries_past_retention(make_engine: MakeEngine, tmp_path: Path, store_url: str):
+def test_purge_removes_only_finished_deliveries_past_retention(
+    make_engine: MakeEngine, tmp_path: Path, store_url: str
+):
     engine, _, clock = make_engine(tmp_path, database_url=store_url)
     (done,) = engine.accept(make_event("call_summary")).delivery_ids
     engine.process(done)
@@ -253,7 +273,9 @@ def test_purge_removes_only_finished_deliveries_past_retention(make_engine: Make
     assert engine.store.get_delivery(waiting) is not None
 
 
-def test_dead_letter_hooks_run_exactly_once_per_dead_letter(make_engine: MakeEngine, tmp_path: Path):
+def test_dead_letter_hooks_run_exactly_once_per_dead_letter(
+    make_engine: MakeEngine, tmp_path: Path
+):
     plugin = ScriptedPlugin(default=Outcome.permanent("HTTP 400"))
     plugin.script.append(Outcome.retry("HTTP 503"))
     engine, plugin, clock = make_engine(tmp_path, plugin=plugin, short_delay=0)

@@ -39,7 +39,7 @@ def test_workers_deliver_retry_and_dead_letter(
 ):
     def answer(delivery):
         # The first attempt of every third delivery fails with 503; quality scores of 13 are refused.
-        if delivery.payload.body.find(b'"score":13.0') >= 0:
+        if delivery.payload.body.find(b'"score":13') >= 0:
             return Outcome.permanent("HTTP 400")
         if delivery.attempt == 1 and int(delivery.event_id.rsplit("-", 1)[1]) % 3 == 0:
             return Outcome.retry("HTTP 503", retry_after=0.2)

@@ -52,7 +52,7 @@ def test_a_plugin_that_raises_on_import_is_reported_and_the_others_load(
 
 @pytest.mark.usefixtures("with_broken_plugin")
 def test_strict_mode_makes_a_broken_plugin_fatal():
-    with pytest.raises(PluginError, match="plugin 'broken'.*failed to import") as info:
+    with pytest.raises(PluginError, match=r"plugin 'broken'.*failed to import") as info:
         PluginManager(strict=True).load_entrypoints()
     assert info.value.plugin == "broken"
 
@@ -73,7 +73,7 @@ def test_a_misspelt_hook_is_an_error_naming_the_plugin():
         def on_events(self, event: Any) -> None:  # not a hook of ours
             pass
 
-    with pytest.raises(PluginError, match="plugin 'typo' is not valid.*on_events"):
+    with pytest.raises(PluginError, match=r"plugin 'typo' is not valid.*on_events"):
         PluginManager().register(Typo(), name="typo")
 
 

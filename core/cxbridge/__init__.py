@@ -32,7 +32,7 @@ from cxbridge.templating import Condition, JsonTemplate, TextTemplate
 
 __version__ = "0.1.0"
 
-__all__ = [
+__all__ = [  # noqa: RUF022 - grouped by purpose, like dramatiq's
     # events
     "EVENT_TYPES",
     "CallCreate",

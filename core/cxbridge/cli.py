@@ -45,7 +45,9 @@ config_option = click.option(
 def cli(verbose: int) -> None:
     """Carry contact-center AI events into Salesforce, Zendesk and any HTTP endpoint."""
     level = logging.WARNING - 10 * verbose
-    logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s"
+    )
 
 
 @cli.command()
@@ -64,7 +66,9 @@ def validate(directory: Path | None) -> None:
             click.echo(str(problem), err=True)
         _fail(f"{len(exc.problems)} problem(s) found")
     for tenant in tenants.values():
-        click.echo(f"{tenant.file}: tenant {tenant.name}, {len(tenant.destinations)} destination(s)")
+        click.echo(
+            f"{tenant.file}: tenant {tenant.name}, {len(tenant.destinations)} destination(s)"
+        )
     click.echo("ok")
 
 
@@ -127,7 +131,9 @@ def plugins(as_json: bool) -> None:
         return
     for info in infos:
         types = ", ".join(info.destination_types) or "-"
-        click.echo(f"{info.name} {info.version or ''}  types: {types}  hooks: {', '.join(info.hooks)}")
+        click.echo(
+            f"{info.name} {info.version or ''}  types: {types}  hooks: {', '.join(info.hooks)}"
+        )
     for failure in manager.failures:
         click.echo(f"{failure.name} ({failure.distribution})  FAILED: {failure.error}", err=True)
 

@@ -148,12 +148,15 @@ class _Loader:
         try:
             self.doc = load_located(self.path.read_text(encoding="utf-8"), self.env)
         except OSError as exc:
-            raise ConfigError([ConfigProblem(str(self.path), 1, 1, f"cannot read: {exc}")]) from None
+            raise ConfigError(
+                [ConfigProblem(str(self.path), 1, 1, f"cannot read: {exc}")]
+            ) from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
             reason = getattr(exc, "problem", None) or str(exc)
-            raise ConfigError([ConfigProblem(str(self.path), line, col, f"invalid YAML: {reason}")])
+            problem = ConfigProblem(str(self.path), line, col, f"invalid YAML: {reason}")
+            raise ConfigError([problem]) from None
         for pos, message in self.doc.problems:
             self.problems.append(ConfigProblem(str(self.path), pos.line, pos.column, message))
         if not isinstance(self.doc.data, dict):
@@ -191,9 +194,7 @@ class _Loader:
             return "UTC"
         return name
 
-    def _validate(
-        self, model: type[_M], data: Any, where: tuple[str | int, ...]
-    ) -> _M | None:
+    def _validate(self, model: type[_M], data: Any, where: tuple[str | int, ...]) -> _M | None:
         try:
             return model.model_validate(data)
         except ValidationError as exc:
@@ -209,7 +210,9 @@ class _Loader:
             pos = self.doc.position_in_template((*loc, *leaf), ctx.get("line"), ctx.get("column"))
             field_name = ".".join(str(p) for p in (*loc, *leaf))
             self.problems.append(
-                ConfigProblem(str(self.path), pos.line, pos.column, f"{field_name}: {ctx['message']}")
+                ConfigProblem(
+                    str(self.path), pos.line, pos.column, f"{field_name}: {ctx['message']}"
+                )
             )
             return
         field_name = ".".join(str(p) for p in loc)
@@ -246,7 +249,8 @@ class _Loader:
             where,
         )
         retry, retry_by_event = self._retry(
-            tenant.retry, raw.get("retry") if isinstance(raw.get("retry"), dict) else None,
+            tenant.retry,
+            raw.get("retry") if isinstance(raw.get("retry"), dict) else None,
             (*where, "retry"),
         )
         if dtype is None:

@@ -132,7 +132,9 @@ def run_demo(settings: Settings, *, events: int = 8, timeout: float = 30.0) -> i
             for raw in sample_events(events):
                 accepted = engine.accept(parse_event(raw))
                 expected += len(accepted.delivery_ids)
-                click.echo(f"  accepted {raw['type']:<14} -> {len(accepted.delivery_ids)} delivery(s)")
+                click.echo(
+                    f"  accepted {raw['type']:<14} -> {len(accepted.delivery_ids)} delivery(s)"
+                )
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
                 counts = engine.store.status_counts()
@@ -146,7 +148,11 @@ def run_demo(settings: Settings, *, events: int = 8, timeout: float = 30.0) -> i
         for item in receiver.received:
             headers = {k.lower(): v for k, v in item["headers"].items()}
             mark = "verified" if item["verified"] else "BAD SIGNATURE"
-            click.echo(f"  {headers.get('x-cxmind-event', '?'):<14} {mark}  {item['body'].decode()}")
-        ok = counts.get("delivered", 0) == expected and all(i["verified"] for i in receiver.received)
+            click.echo(
+                f"  {headers.get('x-cxmind-event', '?'):<14} {mark}  {item['body'].decode()}"
+            )
+        ok = counts.get("delivered", 0) == expected and all(
+            i["verified"] for i in receiver.received
+        )
         click.echo("demo ok" if ok else "demo FAILED: not every delivery arrived verified")
         return 0 if ok else 1

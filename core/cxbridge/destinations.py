@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 if TYPE_CHECKING:
     from cxbridge.retry import RetryPolicy
-    from cxbridge.templating import TextTemplate
+    from cxbridge.templating import Condition
 
 __all__ = ["Destination", "DestinationType"]
 
@@ -45,7 +45,7 @@ class Destination:
     options: Any
     timezone: str = "UTC"
     enabled: bool = True
-    when: TextTemplate | None = None
+    when: Condition | None = None
     retry: RetryPolicy | None = None
     retry_by_event: dict[str, RetryPolicy] = field(default_factory=dict)
 

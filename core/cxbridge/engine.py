@@ -42,6 +42,8 @@ QUEUE_NAME = "cxbridge"
 class Engine:
     """Everything one process needs to accept events and deliver them.
 
+    The last three default to the settings of the same names (``CXBRIDGE_LEASE_SECONDS``, ...).
+
     :param lease_seconds: how long one attempt may hold a delivery; after a worker dies, its delivery
         is retried once the lease has run out. Keep it above the slowest plugin's total timeout.
     :param lost_after: a delivery enqueued this long ago and still not attempted is enqueued again.
@@ -58,9 +60,9 @@ class Engine:
         tenants: Mapping[str, TenantConfig] | None = None,
         store: Store | None = None,
         broker: dramatiq.Broker | None = None,
-        lease_seconds: float = 60.0,
-        lost_after: float = 60.0,
-        short_delay: float = 30.0,
+        lease_seconds: float | None = None,
+        lost_after: float | None = None,
+        short_delay: float | None = None,
     ) -> None:
         from cxbridge.brokers import broker_from_url
 
@@ -76,16 +78,18 @@ class Engine:
         self.store = store or Store(self.settings.database_url, clock=self.clock)
         self.store.migrate()
         self.broker = broker or broker_from_url(self.settings.broker_url)
-        self.lease_seconds = lease_seconds
-        self.lost_after = lost_after
-        self.short_delay = short_delay
+        self.lease_seconds = lease_seconds or self.settings.lease_seconds
+        self.lost_after = lost_after or self.settings.lost_after
+        self.short_delay = self.settings.short_delay if short_delay is None else short_delay
         self.router = Router(self.store, self.hooks, self.tenants, self.enqueue)
-        self.actor: Any = dramatiq.actor(
+        # max_retries=0: the retry decision is ours (see the module docstring), not Dramatiq's.
+        self.actor: dramatiq.Actor[[str], None] = dramatiq.Actor(
             self._deliver_message,
             broker=self.broker,
             actor_name=ACTOR_NAME,
             queue_name=QUEUE_NAME,
-            max_retries=0,
+            priority=0,
+            options={"max_retries": 0},
         )
         self._worker: Any = None
         self._stop = threading.Event()

@@ -169,4 +169,3 @@ def hook_names() -> list[str]:
         for name, value in globals().items()
         if callable(value) and hasattr(value, f"{PROJECT_NAME}_spec")
     ]
-

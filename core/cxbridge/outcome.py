@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 __all__ = ["Delivery", "Outcome", "OutcomeKind", "Payload"]
 
 
-class OutcomeKind(str, Enum):
+class OutcomeKind(StrEnum):
     DELIVERED = "delivered"
     RETRY = "retry"
     PERMANENT = "permanent"

@@ -25,7 +25,14 @@ from cxbridge.events import Event
 from cxbridge.outcome import Delivery, Outcome, Payload
 from cxbridge.settings import Settings
 
-__all__ = ["ENTRY_POINT_GROUP", "Hooks", "LoadFailure", "PluginInfo", "PluginManager", "load_plugins"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "Hooks",
+    "LoadFailure",
+    "PluginInfo",
+    "PluginManager",
+    "load_plugins",
+]
 
 ENTRY_POINT_GROUP = "cxbridge"
 log = logging.getLogger(__name__)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -100,7 +101,7 @@ def outcome_for_status(
 ) -> Outcome:
     """The outcome of an HTTP answer: 2xx delivered; 408/425/429/5xx retry (honouring
     ``Retry-After``); 410 permanent and disables the destination; any other status permanent."""
-    details = {
+    details: dict[str, Any] = {
         "status_code": status,
         "response_excerpt": excerpt,
         "provider_code": provider_code,

@@ -119,7 +119,9 @@ class Router:
                     n.id, event.tenant, destination.name, event.id, event.type, 0, n.payload
                 )
                 self.hooks.on_delivery_failed(delivery, destination, n.dead_reason)
-        return Accepted(event.id, False, [n.id for n, _ in new], [n.id for n, _ in new if n.dead_reason])
+        return Accepted(
+            event.id, False, [n.id for n, _ in new], [n.id for n, _ in new if n.dead_reason]
+        )
 
     def _duplicate(self, event: Event) -> Accepted:
         tenant = self.tenants[event.tenant]

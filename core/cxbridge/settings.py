@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from pydantic import field_validator
 
 __all__ = ["Settings"]
 
@@ -32,7 +31,22 @@ class Settings(BaseSettings):
     plugins_deny: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated entry-point names that never load."
     )
-    retention_days: int = Field(30, ge=1, description="Delivered and dead rows older than this are purged.")
+    retention_days: int = Field(
+        30, ge=1, description="Delivered and dead rows older than this are purged."
+    )
+    lease_seconds: float = Field(
+        60, gt=0, description="How long one attempt may hold a delivery before another worker may."
+    )
+    lost_after: float = Field(
+        60,
+        gt=0,
+        description="A delivery enqueued this long ago and not attempted is enqueued again.",
+    )
+    short_delay: float = Field(
+        30,
+        ge=0,
+        description="Retry waits up to this go to the broker as a delay; longer ones wait in the store.",
+    )
     log_format: str = Field("auto", pattern="^(auto|json|text)$")
 
     @field_validator("plugins_allow", "plugins_deny", mode="before")

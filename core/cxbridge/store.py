@@ -436,7 +436,9 @@ class Store:
             if status == DEAD:
                 conn.execute(
                     dead_letters.insert().values(
-                        self._dead_row(record.id, record.tenant, record.destination, dead_reason or "", now)
+                        self._dead_row(
+                            record.id, record.tenant, record.destination, dead_reason or "", now
+                        )
                     )
                 )
             if outcome.disable_destination:
@@ -518,7 +520,9 @@ class Store:
             row = conn.execute(deliveries.select().where(deliveries.c.id == delivery_id)).first()
         return DeliveryRecord.from_row(row) if row is not None else None
 
-    def list_deliveries(self, where: DeliveryFilter, limit: int | None = None) -> list[DeliveryRecord]:
+    def list_deliveries(
+        self, where: DeliveryFilter, limit: int | None = None
+    ) -> list[DeliveryRecord]:
         query = deliveries.select().where(*where.where()).order_by(deliveries.c.created_at)
         if limit is not None:
             query = query.limit(limit)
@@ -536,7 +540,9 @@ class Store:
             return {status: int(n) for status, n in conn.execute(query)}
 
     def attempts_of(self, delivery_id: str) -> list[dict[str, Any]]:
-        query = attempts.select().where(attempts.c.delivery_id == delivery_id).order_by(attempts.c.id)
+        query = (
+            attempts.select().where(attempts.c.delivery_id == delivery_id).order_by(attempts.c.id)
+        )
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
 
@@ -551,7 +557,9 @@ class Store:
 
     # -- replay and retention ----------------------------------------------------------------------
 
-    def reset_for_replay(self, ids: Sequence[str], payloads: dict[str, Payload] | None = None) -> None:
+    def reset_for_replay(
+        self, ids: Sequence[str], payloads: dict[str, Payload] | None = None
+    ) -> None:
         """Make deliveries pending again with a fresh retry window, due now."""
         now = self.now()
         with self.engine.begin() as conn:
@@ -569,7 +577,9 @@ class Store:
             )
             conn.execute(
                 dead_letters.update()
-                .where(dead_letters.c.delivery_id.in_(list(ids)), dead_letters.c.replayed_at.is_(None))
+                .where(
+                    dead_letters.c.delivery_id.in_(list(ids)), dead_letters.c.replayed_at.is_(None)
+                )
                 .values(replayed_at=now)
             )
             for delivery_id, payload in (payloads or {}).items():
@@ -595,7 +605,9 @@ class Store:
             deleted = conn.execute(
                 deliveries.delete().where(c.status.in_([DELIVERED, DEAD]), c.updated_at < cutoff)
             ).rowcount
-            still_used = sa.select(c.id).where(c.tenant == events.c.tenant, c.event_id == events.c.id)
+            still_used = sa.select(c.id).where(
+                c.tenant == events.c.tenant, c.event_id == events.c.id
+            )
             conn.execute(
                 events.delete().where(events.c.received_at < cutoff, ~sa.exists(still_used))
             )

@@ -1,0 +1,5 @@
+"""``python -m cxbridge`` is the ``cxbridge`` command."""
+
+from cxbridge.cli import main
+
+main()
