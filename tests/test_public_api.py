@@ -1,0 +1,43 @@
+"""The public API changes only on purpose: this list is what plugins may import."""
+
+import cxbridge
+
+
+def test_exported_names():
+    assert sorted(cxbridge.__all__) == sorted(
+        [
+            "EVENT_TYPES",
+            "CallCreate",
+            "CallOutcome",
+            "CallSummary",
+            "Event",
+            "QualityScore",
+            "parse_event",
+            "Delivery",
+            "Destination",
+            "DestinationType",
+            "Outcome",
+            "OutcomeKind",
+            "Payload",
+            "hookimpl",
+            "Condition",
+            "JsonTemplate",
+            "RetryPolicy",
+            "TextTemplate",
+            "outcome_for_status",
+            "parse_retry_after",
+            "ConfigError",
+            "ConfigProblem",
+            "CxbridgeError",
+            "DeliveryError",
+            "EventValidationError",
+            "PluginError",
+            "SignatureError",
+            "TemplateError",
+            "TemplateRenderError",
+            "TemplateSyntaxError",
+            "__version__",
+        ]
+    )
+    for name in cxbridge.__all__:
+        assert hasattr(cxbridge, name), name
