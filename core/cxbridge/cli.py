@@ -213,6 +213,22 @@ def replay(
     click.echo(f"{done} deliveries enqueued again")
 
 
+@cli.command()
+@click.option("--tenant", "-t", required=True, help="Tenant name.")
+@click.option("--destination", "-d", required=True, help="Destination name.")
+def enable(tenant: str, destination: str) -> None:
+    """Enable a destination that a 410 Gone disabled (replay its dead letters afterwards)."""
+    from cxbridge.store import Store
+
+    store = Store(_settings().database_url)
+    store.migrate()
+    if store.enable_destination(tenant, destination):
+        click.echo(f"{tenant}/{destination} enabled")
+    else:
+        click.echo(f"{tenant}/{destination} was not disabled")
+    store.close()
+
+
 def _utc(value: datetime | None) -> datetime | None:
     from datetime import UTC
 
