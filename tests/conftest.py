@@ -77,6 +77,15 @@ def _postgres_database() -> Iterator[str]:
         admin.dispose()
 
 
+@pytest.fixture
+def sink() -> Iterator[Any]:
+    """A recording HTTP server on 127.0.0.1 (:class:`tests.http_sink.HttpSink`)."""
+    from tests.http_sink import HttpSink
+
+    with HttpSink() as server:
+        yield server
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The store's database URL: a SQLite file, or a clean PostgreSQL database."""

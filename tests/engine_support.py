@@ -66,11 +66,14 @@ def build_engine(
     broker: dramatiq.Broker | None = None,
     clock: FakeClock | None = None,
     env: Mapping[str, str] | None = None,
+    manager: PluginManager | None = None,
     **engine_options: Any,
 ) -> tuple[Engine, ScriptedPlugin, FakeClock]:
+    """An engine on a fake clock. ``manager`` brings other plugins (e.g. loaded from entry points);
+    the scripted plugin is registered into it too, and records every dead letter."""
     plugin = plugin or ScriptedPlugin()
     clock = clock or FakeClock(datetime(2026, 1, 1, tzinfo=UTC))
-    manager = PluginManager()
+    manager = manager or PluginManager()
     manager.register(plugin, name="scripted")
     tenant_file = tmp_path / "acme.yaml"
     tenant_file.write_text(textwrap.dedent(tenant_yaml))

@@ -37,12 +37,6 @@ def _fresh_plugin_state() -> Iterator[None]:
     cxbridge_http.close()
 
 
-@pytest.fixture
-def sink() -> Iterator[HttpSink]:
-    with HttpSink() as server:
-        yield server
-
-
 def make_event(**extra: Any) -> Event:
     data: dict[str, Any] = {
         "id": "evt-1",

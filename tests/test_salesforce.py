@@ -744,22 +744,30 @@ def test_token_endpoint_outage_is_retried(fake: FakeSalesforce) -> None:
     assert send(LIFECYCLE["call_create"], dest).ok
 
 
+def legacy_destination(
+    fake: FakeSalesforce, caplog: pytest.LogCaptureFixture, **auth: Any
+) -> Destination:
+    """A destination logging in the legacy way (``auth``: its type and app credentials) as the fake's
+    user, built while the plugin's warnings are captured."""
+    credentials = {
+        "username": fake.username,
+        "password": fake.password,
+        "security_token": fake.security_token,
+    }
+    with caplog.at_level(logging.WARNING, logger="cxbridge_salesforce"):
+        return destination({"auth": {**auth, **credentials}})
+
+
 def test_legacy_password_flow_works_and_warns(
     fake: FakeSalesforce, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="cxbridge_salesforce"):
-        dest = destination(
-            {
-                "auth": {
-                    "type": "password",
-                    "consumer_key": fake.consumer_key,
-                    "consumer_secret": fake.consumer_secret,
-                    "username": fake.username,
-                    "password": fake.password,
-                    "security_token": fake.security_token,
-                }
-            }
-        )
+    dest = legacy_destination(
+        fake,
+        caplog,
+        type="password",
+        consumer_key=fake.consumer_key,
+        consumer_secret=fake.consumer_secret,
+    )
     assert any(
         "legacy" in r.getMessage() and "jwt_bearer" in r.getMessage() for r in caplog.records
     )
@@ -771,17 +779,7 @@ def test_legacy_password_flow_works_and_warns(
 def test_legacy_soap_login_works_and_warns(
     fake: FakeSalesforce, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="cxbridge_salesforce"):
-        dest = destination(
-            {
-                "auth": {
-                    "type": "soap",
-                    "username": fake.username,
-                    "password": fake.password,
-                    "security_token": fake.security_token,
-                }
-            }
-        )
+    dest = legacy_destination(fake, caplog, type="soap")
     assert any("SOAP" in r.getMessage() for r in caplog.records)
     assert send(LIFECYCLE["call_create"], dest).ok
     assert fake.count("soap") == 1 and fake.token_grants == ["soap"]

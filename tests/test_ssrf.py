@@ -36,12 +36,6 @@ def _fresh_plugin_state() -> Iterator[None]:
     cxbridge_http.close()
 
 
-@pytest.fixture
-def sink() -> Iterator[HttpSink]:
-    with HttpSink() as server:
-        yield server
-
-
 class ConnectionCounter:
     """Counts (and records the targets of) every outgoing TCP connection attempt of this process."""
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 import json
 import random
-import socket
 import textwrap
 import threading
 import time
@@ -31,26 +30,12 @@ from cxbridge import (
 from cxbridge.config import load_tenant
 from cxbridge.plugins import PluginManager
 from cxbridge_zendesk import ZendeskOptions
-from cxbridge_zendesk.client import ZendeskSession, set_session_factory
-from tests.fakes.zendesk import FakeZendesk
+from cxbridge_zendesk.client import set_session_factory
+from tests.fakes.zendesk import FakeZendesk, PlainHttpSession
+from tests.http_sink import closed_port
 
 ALL_EVENTS = frozenset({"call_create", "call_outcome", "call_summary", "quality_score"})
 QA_FIELD = 360001234
-
-
-class PlainHttpSession(ZendeskSession):
-    """For tests only: reach the fake's plain-HTTP port. The host is kept, so zenpy still parses
-    answers; ``trust_env`` is off so proxy and CA-bundle variables of this machine do not interfere.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.trust_env = False
-
-    def request(self, method: Any, url: Any, *args: Any, **kwargs: Any) -> Any:
-        if isinstance(url, str) and url.startswith("https://"):
-            url = "http://" + url[len("https://") :]
-        return super().request(method, url, *args, **kwargs)
 
 
 @pytest.fixture(autouse=True)
@@ -385,20 +370,8 @@ def test_5xx_json_or_html_is_a_retry(
     assert sum("CXMind call summary" in c["body"] for c in fake.comments[ticket["id"]]) == 1
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_connection_refused_is_a_retry(fake: FakeZendesk) -> None:
-    dest = Destination(
-        tenant="acme",
-        name="zd",
-        type="zendesk",
-        events=ALL_EVENTS,
-        options=options_for(fake, domain=f"0.0.1:{_closed_port()}"),
-    )
+    dest = destination(fake, domain=f"0.0.1:{closed_port()}")
     outcome = send(make_event("call_create"), dest)
     assert outcome.kind is OutcomeKind.RETRY
     assert "could not connect" in (outcome.error or "")
@@ -453,13 +426,7 @@ def test_auth_and_missing_records_are_permanent(
 
 
 def test_wrong_credentials_are_permanent_and_never_logged(fake: FakeZendesk) -> None:
-    dest = Destination(
-        tenant="acme",
-        name="zd",
-        type="zendesk",
-        events=ALL_EVENTS,
-        options=options_for(fake, api_token="wrong-secret"),
-    )
+    dest = destination(fake, api_token="wrong-secret")
     outcome = send(make_event("call_create"), dest)
     assert outcome.kind is OutcomeKind.PERMANENT and outcome.status_code == 401
     assert "wrong-secret" not in repr(outcome) and "wrong-secret" not in repr(dest.options)

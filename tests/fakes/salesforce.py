@@ -27,13 +27,14 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 from xml.sax.saxutils import escape
 
 import jwt
 import requests
+
+from tests.fakes.server import FakeHandler, FakeServer
 
 __all__ = ["FakeSalesforce", "Fault", "RoutingSession"]
 
@@ -99,8 +100,11 @@ class RoutingSession(requests.Session):
         return super().request(method, routed, *args, headers=headers, **kwargs)
 
 
-class FakeSalesforce:
+class FakeSalesforce(FakeServer):
     """The fake org. Thread-safe; start with ``with FakeSalesforce() as fake`` or :meth:`start`."""
+
+    thread_name = "fake-salesforce"
+    poll_interval = 0.02
 
     def __init__(self, *, api_version: str = "63.0") -> None:
         self.api_version = api_version
@@ -124,45 +128,10 @@ class FakeSalesforce:
         self.faults: list[Fault] = []
         self.log: list[tuple[str, str, int]] = []
         self.search_terms: list[str] = []
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-
-    # -- lifecycle ---------------------------------------------------------------------------------
-
-    def start(self) -> FakeSalesforce:
-        server = _Server(("127.0.0.1", 0), _Handler)
-        server.fake = self  # type: ignore[attr-defined]
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.02}, name="fake-salesforce"
-        )
-        self._thread.daemon = True
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> FakeSalesforce:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def address(self) -> str:
-        assert self._server is not None, "start the fake first"
-        host, port = self._server.server_address[:2]
-        return f"{host}:{port}"
 
     def session(self) -> RoutingSession:
         """A session factory for the plugin: every request goes to this fake."""
-        return RoutingSession(self.address)
+        return RoutingSession(self.netloc)
 
     # -- programming it ----------------------------------------------------------------------------
 
@@ -258,24 +227,7 @@ class FakeSalesforce:
         }
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 128  # bursts of concurrent clients must not hit SYN retransmits
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # a client that timed out and left is not a failure of the fake
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: Any
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    @property
-    def fake(self) -> FakeSalesforce:
-        return self.server.fake  # type: ignore[no-any-return]
-
+class _Handler(FakeHandler):
     # -- plumbing ----------------------------------------------------------------------------------
 
     def do_GET(self) -> None:
@@ -555,6 +507,9 @@ class _Handler(BaseHTTPRequestHandler):
                 body = {"id": matches[0]["Id"], "success": True, "errors": [], "created": False}
                 return self._send(200, body, kind=kind)
         return error(405, "METHOD_NOT_ALLOWED", f"{method} not allowed here")
+
+
+FakeSalesforce.handler = _Handler
 
 
 def _kind(method: str, rest: str) -> str:

@@ -13,7 +13,8 @@ Shapes follow the REST reference: create answers ``201 {"ticket", "audit"}``, up
 {"ticket", "audit"}``, lists by ``external_id`` use cursor pagination (``meta.has_more``,
 ``meta.after_cursor``, absolute ``links.next``), errors are ``{"error", "description", "details"}``.
 
-Only plain HTTP is served: point an https client at it through a session that rewrites the scheme.
+Only plain HTTP is served: point the plugin at it with :class:`PlainHttpSession` as its session
+factory (it rewrites the scheme), ``subdomain: "127"`` and ``domain: "0.0.1:<port>"``.
 """
 
 from __future__ import annotations
@@ -28,11 +29,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
-__all__ = ["FakeZendesk", "Fault", "Recorded"]
+from cxbridge_zendesk.client import ZendeskSession
+from tests.fakes.server import FakeHandler, FakeServer
+
+__all__ = ["FakeZendesk", "Fault", "PlainHttpSession", "Recorded"]
 
 API = "/api/v2"
 
@@ -88,7 +91,7 @@ class _Answer(Exception):
         self.headers = headers or {}
 
 
-class FakeZendesk:
+class FakeZendesk(FakeServer):
     """The fake server. Start it with ``start()`` or as a context manager; ``url`` is its base.
 
     :param email: with ``token``, the only credentials accepted (``{email}/token:{token}``, HTTP
@@ -118,50 +121,6 @@ class FakeZendesk:
         self.faults: list[Fault] = []
         self._idempotent: dict[str, tuple[int, Any]] = {}
         self._ids = itertools.count(1001)
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-
-    # -- lifecycle -------------------------------------------------------------------------------
-
-    def start(self) -> FakeZendesk:
-        fake = self
-
-        class Handler(_Handler):
-            pass
-
-        Handler.fake = fake
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> FakeZendesk:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None, "start() the fake first"
-        return int(self._server.server_address[1])
-
-    @property
-    def netloc(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.netloc}"
 
     # -- programming and inspecting ----------------------------------------------------------------
 
@@ -560,8 +519,7 @@ class FakeZendesk:
             yield from list(self.requests)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    fake: FakeZendesk
+class _Handler(FakeHandler):
     protocol_version = "HTTP/1.1"
 
     def setup(self) -> None:
@@ -569,9 +527,6 @@ class _Handler(BaseHTTPRequestHandler):
         # Headers and body go out in separate writes: without this, Nagle + delayed ACK add ~40 ms
         # each.
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def log_message(self, format: str, *args: Any) -> None:  # quiet
-        pass
 
     def _serve(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -590,3 +545,21 @@ class _Handler(BaseHTTPRequestHandler):
             pass
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _serve
+
+
+FakeZendesk.handler = _Handler
+
+
+class PlainHttpSession(ZendeskSession):
+    """For tests only: reach the fake's plain-HTTP port. The host is kept, so zenpy still parses
+    answers; ``trust_env`` is off so proxy and CA-bundle variables of this machine do not interfere.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trust_env = False
+
+    def request(self, method: Any, url: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(url, str) and url.startswith("https://"):
+            url = "http://" + url[len("https://") :]
+        return super().request(method, url, *args, **kwargs)

@@ -2,15 +2,16 @@
 
 Example::
 
-    - name: crm-hook
-      type: http
-      events: [call_summary]
-      url: "https://hooks.example.com/cx/{{ call.externalId }}"
-      method: POST
-      headers: {X-Team: "support"}
-      body: {id: "{{ event.id }}", summary: "{{ ai.summary }}", tags: "{{ ai.tags }}"}
-      secrets: ["${HOOK_SECRET}"]
-      auth: {type: bearer, token: "${HOOK_TOKEN}"}
+    destinations:
+      crm-hook:
+        type: http
+        events: [call_summary]
+        url: "https://hooks.example.com/cx/{{ call.externalId }}"
+        method: POST
+        headers: {X-Team: "support"}
+        body: {id: "{{ event.id }}", summary: "{{ ai.summary }}", tags: "{{ ai.tags }}"}
+        secrets: ["${HOOK_SECRET}"]
+        auth: {type: bearer, token: "${HOOK_TOKEN}"}
 """
 
 from __future__ import annotations

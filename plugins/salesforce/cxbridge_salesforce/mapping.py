@@ -255,40 +255,62 @@ def _outcome_details(event: CallOutcome) -> str:
 def _escalation_case(event: CallOutcome, options: SalesforceOptions) -> Write:
     emotion = event.ai.emotion.label if event.ai.emotion else None
     reason = f"customer is {emotion}" if emotion else "escalation requested"
-    return Write(
+    return _outcome_write(
+        event,
+        options,
         name="escalation",
-        object="Case",
-        operation="upsert",
+        object_name="Case",
         external_id_field=options.case_id_field,
-        external_id=f"{event.call.id}:escalation",
-        fields={
-            "Subject": f"Escalation on call {event.call.id}: {reason}"[:TEXT_LIMIT],
-            "Description": _outcome_details(event)[:DESCRIPTION_LIMIT],
-            "Priority": "High",
-            "Origin": "Phone",
-        },
+        subject=f"Escalation on call {event.call.id}: {reason}",
+        fields={"Priority": "High", "Origin": "Phone"},
         create_fields={"Status": "New"},
-        lookups=_contact_lookup(event, options, "ContactId", "always"),
+        contact_field="ContactId",
     )
 
 
 def _sales_task(event: CallOutcome, options: SalesforceOptions, tz: str) -> Write:
     intents = ", ".join(i.name for i in event.ai.intents) or "sales interest"
     due = (event.occurred_at + timedelta(days=1)).astimezone(ZoneInfo(tz)).date().isoformat()
-    return Write(
+    return _outcome_write(
+        event,
+        options,
         name="sales_lead",
-        object="Task",
-        operation="upsert",
+        object_name="Task",
         external_id_field=options.task_external_id_field,
-        external_id=f"{event.call.id}:sales_lead",
-        fields={
-            "Subject": f"Follow up sales lead from call {event.call.id}: {intents}"[:TEXT_LIMIT],
-            "Description": _outcome_details(event)[:DESCRIPTION_LIMIT],
-            "Priority": "Normal",
-            "ActivityDate": due,
-        },
+        subject=f"Follow up sales lead from call {event.call.id}: {intents}",
+        fields={"Priority": "Normal", "ActivityDate": due},
         create_fields={"Status": "Not Started", "TaskSubtype": "Task"},
-        lookups=_contact_lookup(event, options, "WhoId", "always"),
+        contact_field="WhoId",
+    )
+
+
+def _outcome_write(
+    event: CallOutcome,
+    options: SalesforceOptions,
+    *,
+    name: MappingName,
+    object_name: str,
+    external_id_field: str,
+    subject: str,
+    fields: dict[str, Any],
+    create_fields: dict[str, Any],
+    contact_field: str,
+) -> Write:
+    """The record a ``call_outcome`` opens, upserted on ``<call id>:<name>``: ``subject``, the
+    outcome's details as Description, then ``fields``; the caller's Contact in ``contact_field``."""
+    return Write(
+        name=name,
+        object=object_name,
+        operation="upsert",
+        external_id_field=external_id_field,
+        external_id=f"{event.call.id}:{name}",
+        fields={
+            "Subject": subject[:TEXT_LIMIT],
+            "Description": _outcome_details(event)[:DESCRIPTION_LIMIT],
+            **fields,
+        },
+        create_fields=create_fields,
+        lookups=_contact_lookup(event, options, contact_field, "always"),
     )
 
 

@@ -3,7 +3,7 @@
 Example (``${VAR}`` references are resolved by the core's config loader)::
 
     destinations:
-      - name: crm
+      crm:
         type: salesforce
         events: [call_create, call_outcome, call_summary, quality_score]
         domain: acme.my.salesforce.com          # login | test | a My Domain host
