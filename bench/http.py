@@ -22,86 +22,17 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 
 import argparse  # noqa: E402
-import socket  # noqa: E402
 import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import textwrap  # noqa: E402
 import time  # noqa: E402
-
-import httpx  # noqa: E402
 
 import cxbridge_http  # noqa: E402
 from cxbridge import Delivery, Destination, parse_event  # noqa: E402
 from cxbridge.signing import generate_secret  # noqa: E402
 from cxbridge_http import HttpOptions  # noqa: E402
 
-SINK = textwrap.dedent(
-    """
-    import sys, uvicorn
-
-    async def app(scope, receive, send):
-        if scope["type"] != "http":
-            return
-        more = True
-        while more:
-            message = await receive()
-            more = message.get("more_body", False)
-        headers = [(b"content-type", b"application/json"), (b"content-length", b"11")]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": b'{"ok":true}'})
-
-    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning",
-                access_log=False, http="h11")
-    """
-)
-
-EVENT = {
-    "id": "evt-bench-1",
-    "type": "call_summary",
-    "occurredAt": "2026-01-01T10:00:00Z",
-    "tenant": "acme",
-    "call": {"id": "call-1", "externalId": "CX-1001", "direction": "inbound", "queue": "billing"},
-    "ai": {
-        "summary": "The customer asked for a refund of a duplicate charge; the agent agreed and "
-        "opened a ticket. The customer was satisfied with the outcome and thanked the agent.",
-        "tags": ["refund", "billing", "duplicate-charge"],
-        "actionItems": [{"text": "Refund the duplicate charge", "owner": "billing"}],
-        "conclusions": ["refund approved"],
-        "sentiment": "positive",
-    },
-}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def start_sink(port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([sys.executable, "-c", SINK, str(port)])
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return proc
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("the uvicorn sink did not start")
-
-
-def bare(url: str, body: bytes, n: int) -> float:
-    headers = {"Content-Type": "application/json"}
-    with httpx.Client() as client:
-        client.post(url, content=body, headers=headers)  # warm the connection
-        started = time.perf_counter()
-        for _ in range(n):
-            response = client.post(url, content=body, headers=headers)
-            response.read()
-            assert response.status_code == 200
-        return n / (time.perf_counter() - started)
+# httpx (through cxbridge_http) imported the standard library's ``http``, so the folder can come back for the shared sink module.
+sys.path.append(_HERE)
+from _sink import BODY_TEMPLATE, EVENT, bare, free_port, start_sink  # noqa: E402
 
 
 def plugin(url: str, n: int) -> tuple[float, int]:
@@ -110,14 +41,7 @@ def plugin(url: str, n: int) -> tuple[float, int]:
             "url": url,
             "secrets": [generate_secret(), generate_secret()],
             "allow_networks": ["127.0.0.0/8"],
-            "body": {
-                "id": "{{ event.id }}",
-                "externalId": "{{ call.externalId }}",
-                "summary": "{{ ai.summary }}",
-                "tags": "{{ ai.tags }}",
-                "actions": "{{ ai.actionItems }}",
-                "sentiment": "{{ ai.sentiment }}",
-            },
+            "body": BODY_TEMPLATE,
         }
     )
     dest = Destination("acme", "bench", "http", frozenset({"call_summary"}), options=options)

@@ -205,6 +205,9 @@ class SQLiteBroker(Broker):
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
+        # One writer at a time: threads of this process queue here rather than in SQLite's busy
+        # handler, which sleeps 1, 2, 5, 10, 25 ... ms between tries. Other processes still do.
+        self._write_lock = threading.Lock()
         self._epoch = 0  # bumped by close(): threads then reopen their connections
         # Wakes consumers and joiners in this process: notified on enqueue, ack, nack and requeue.
         self._cond = threading.Condition()
@@ -247,14 +250,15 @@ class SQLiteBroker(Broker):
     def _write(self) -> Iterator[sqlite3.Connection]:
         """A write transaction that takes the lock up front, so the busy timeout applies."""
         conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        with self._write_lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     def _create_schema(self) -> None:
         conn = self._conn()
@@ -312,20 +316,23 @@ class SQLiteBroker(Broker):
         due = now + max(0, int(delay)) if delay else now
 
         self.emit_before("enqueue", message, delay)
-        self._conn().execute(
-            "INSERT INTO messages (queue, state, priority, available_at, enqueued_at, message_id,"
-            " actor_name, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                queue_name,
-                "scheduled" if due > now else "ready",
-                priority,
-                due,
-                now,
-                message.message_id,
-                message.actor_name,
-                message.encode(),
-            ),
-        )
+        data = message.encode()
+        conn = self._conn()
+        with self._write_lock:
+            conn.execute(
+                "INSERT INTO messages (queue, state, priority, available_at, enqueued_at, message_id,"
+                " actor_name, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    queue_name,
+                    "scheduled" if due > now else "ready",
+                    priority,
+                    due,
+                    now,
+                    message.message_id,
+                    message.actor_name,
+                    data,
+                ),
+            )
         with self._cond:
             if due > now:
                 self._next_due_ms = min(self._next_due_ms, due)
@@ -449,10 +456,12 @@ class SQLiteBroker(Broker):
 
     def _ack(self, row_id: int) -> None:
         # A lease that expired and went back to 'ready' is still ours to delete: the work is done.
-        self._conn().execute(
-            "DELETE FROM messages WHERE id = ? AND (owner = ? OR state = 'ready')",
-            (row_id, self._worker_id),
-        )
+        conn = self._conn()
+        with self._write_lock:
+            conn.execute(
+                "DELETE FROM messages WHERE id = ? AND (owner = ? OR state = 'ready')",
+                (row_id, self._worker_id),
+            )
         self._notify()
 
     def _nack(self, row_id: int, message: MessageProxy) -> None:
