@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from cxbridge import Delivery, Destination, Outcome, hookimpl
+from cxbridge import Delivery, Destination, Outcome, Payload, hookimpl
 
 
 class ScriptedOptions(BaseModel):
@@ -35,6 +35,12 @@ class ScriptedPlugin:
     @hookimpl
     def on_event(self, event: Any) -> None:
         self.events.append(event)
+
+    @hookimpl
+    def transform(self, destination: Destination) -> Payload | None:
+        if destination.type == "scripted" and destination.options.label == "explode":
+            raise RuntimeError("plugin bug")
+        return None
 
     @hookimpl
     def deliver(self, delivery: Delivery, destination: Destination) -> Outcome | None:

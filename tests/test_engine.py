@@ -3,6 +3,8 @@ disabled destinations, the sweeper and replay. Runs with the store on SQLite and
 
 from __future__ import annotations
 
+import json
+import time
 from datetime import timedelta
 from itertools import pairwise
 from pathlib import Path
@@ -10,6 +12,7 @@ from pathlib import Path
 from cxbridge import Outcome
 from cxbridge.engine import QUEUE_NAME
 from cxbridge.replay import replay
+from cxbridge.routing import delivery_id
 from cxbridge.store import DeliveryFilter
 from tests.engine_support import MakeEngine, make_event
 from tests.scripted_plugin import ScriptedPlugin
@@ -149,6 +152,26 @@ def test_410_disables_the_destination_until_enabled(
     assert record is not None and record.status == "delivered"
 
 
+def test_disabling_one_destination_leaves_the_others_delivering(
+    make_engine: MakeEngine, tmp_path: Path, store_url: str
+):
+    plugin = ScriptedPlugin()
+    plugin.script.append(Outcome.permanent("HTTP 410", disable_destination=True))
+    engine, plugin, _ = make_engine(tmp_path, plugin=plugin, database_url=store_url)
+    event = make_event(score=40)  # to crm and low-scores
+    engine.accept(event)
+    crm = delivery_id("acme", event.id, "crm")
+    low = delivery_id("acme", event.id, "low-scores")
+
+    engine.process(crm)
+    engine.process(low)
+
+    assert engine.store.disabled_reason("acme", "crm") == "HTTP 410"
+    record = engine.store.get_delivery(low)
+    assert record is not None and record.status == "delivered"
+    assert [d.destination for d in plugin.calls] == ["crm", "low-scores"]
+
+
 def test_exception_in_deliver_hook_is_a_retry_with_traceback(
     make_engine: MakeEngine, tmp_path: Path
 ):
@@ -285,3 +308,46 @@ def test_dead_letter_hooks_run_exactly_once_per_dead_letter(
         clock.advance(3600)
     assert len(plugin.calls) == 2
     assert len(plugin.failed) == 1
+
+
+def test_a_transform_that_raises_dead_letters_only_that_delivery(
+    make_engine: MakeEngine, tmp_path: Path
+):
+    tenant = """
+    tenant: acme
+    destinations:
+      broken:
+        type: scripted
+        events: [call_summary]
+        label: explode
+      fine:
+        type: scripted
+        events: [call_summary]
+    """
+    engine, plugin, _ = make_engine(tmp_path, tenant_yaml=tenant)
+    accepted = engine.accept(make_event("call_summary"))
+    (dead_id,) = accepted.dead
+    record = engine.store.get_delivery(dead_id)
+    assert record is not None and record.last_error == "transform failed: RuntimeError: plugin bug"
+    (pending,) = set(accepted.delivery_ids) - {dead_id}
+    engine.process(pending)
+    assert [reason for _, reason in plugin.failed] == [record.last_error]
+
+
+def test_a_message_arriving_before_its_delivery_is_due_is_sent_again_for_the_rest(
+    make_engine: MakeEngine, tmp_path: Path
+):
+    plugin = ScriptedPlugin()
+    plugin.script.append(Outcome.retry("HTTP 503", retry_after=10))
+    engine, plugin, clock = make_engine(tmp_path, plugin=plugin, short_delay=30)
+    (delivery_id,) = engine.accept(make_event("call_summary")).delivery_ids
+    engine.process(delivery_id)
+    delayed = engine.broker.queues[f"{QUEUE_NAME}.DQ"]
+    assert delayed.qsize() == 1  # the retry, 10 s out
+
+    clock.advance(4)
+    assert engine.process(delivery_id) is None  # a copy arrived 6 s early
+    assert delayed.qsize() == 2
+    eta_ms = json.loads(delayed.queue[-1])["options"]["eta"]
+    assert 5_000 < eta_ms - time.time() * 1000 <= 6_000  # the rest of the wait, not a new one
+    assert len(plugin.calls) == 1

@@ -31,7 +31,14 @@ def wait_until_settled(engine, timeout: float = 30.0) -> dict[str, int]:
         if counts.get("pending", 0) == 0:
             return counts
         time.sleep(0.05)
-    raise AssertionError(f"deliveries still pending after {timeout} s: {counts}")
+    from cxbridge.store import DeliveryFilter
+
+    stuck = [
+        (r.id, r.attempts, r.next_attempt_at, engine.store.attempts_of(r.id))
+        for r in engine.store.list_deliveries(DeliveryFilter(status="pending"))
+    ]
+    extra = getattr(engine.broker, "message_counts", lambda q: None)(QUEUE_NAME)
+    raise AssertionError(f"still pending after {timeout} s: {counts}; {stuck}; broker {extra}")
 
 
 def test_workers_deliver_retry_and_dead_letter(

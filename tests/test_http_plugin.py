@@ -34,7 +34,7 @@ LOCAL = ["127.0.0.0/8"]
 @pytest.fixture(autouse=True)
 def _fresh_plugin_state() -> Iterator[None]:
     yield
-    cxbridge_http.close()
+    cxbridge_http.shutdown()
 
 
 def make_event(**extra: Any) -> Event:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from importlib.metadata import EntryPoint, entry_points
@@ -123,10 +124,14 @@ def test_every_hook_has_a_docstring_with_arguments_return_and_example():
         "transform",
         "deliver",
         "on_delivery_failed",
+        "shutdown",
     }
     for name in hook_names():
-        doc = getattr(specs, name).__doc__ or ""
-        assert ":param" in doc and ":return:" in doc and "Example::" in doc, name
+        spec = getattr(specs, name)
+        doc = spec.__doc__ or ""
+        assert ":return:" in doc and "Example::" in doc, name
+        for argument in inspect.signature(spec).parameters:
+            assert f":param {argument}:" in doc, (name, argument)
 
 
 @pytest.mark.usefixtures("with_broken_plugin")

@@ -33,7 +33,7 @@ EVENT = parse_event(
 @pytest.fixture(autouse=True)
 def _fresh_plugin_state() -> Iterator[None]:
     yield
-    cxbridge_http.close()
+    cxbridge_http.shutdown()
 
 
 class ConnectionCounter:
@@ -391,7 +391,7 @@ def test_tls_keeps_sni_and_certificate_checks_on_the_name_with_mtls(
         assert server.requests[0].header("Host") == f"hooks.example:{server.port}"
 
         # the same address under a name the certificate does not cover: verification fails
-        cxbridge_http.close()
+        cxbridge_http.shutdown()
         bad = send(server.url("/tls", host="other.example"), allow=["127.0.0.0/8"], auth=mtls)
         assert bad.kind is OutcomeKind.RETRY and "TLS" in (bad.error or "")
         assert len(server.requests) == 1

@@ -13,6 +13,7 @@ deliveries whose message was lost or whose worker died.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 import traceback
@@ -22,6 +23,7 @@ from typing import Any
 
 import dramatiq
 
+from cxbridge.brokers import broker_from_url
 from cxbridge.clock import Clock, SystemClock
 from cxbridge.config import TenantConfig, load_config_dir
 from cxbridge.destinations import Destination
@@ -30,7 +32,7 @@ from cxbridge.outcome import Delivery, Outcome, OutcomeKind
 from cxbridge.plugins import PluginManager, load_plugins
 from cxbridge.routing import Accepted, Router
 from cxbridge.settings import Settings
-from cxbridge.store import EXCERPT_LIMIT, AttemptRecord, DeliveryRecord, Store
+from cxbridge.store import EXCERPT_LIMIT, PENDING, AttemptRecord, DeliveryRecord, Store
 
 __all__ = ["ACTOR_NAME", "QUEUE_NAME", "Engine"]
 
@@ -64,8 +66,6 @@ class Engine:
         lost_after: float | None = None,
         short_delay: float | None = None,
     ) -> None:
-        from cxbridge.brokers import broker_from_url
-
         self.settings = settings or Settings()
         self.clock = clock or SystemClock()
         self.plugins = plugins or load_plugins(self.settings)
@@ -78,8 +78,8 @@ class Engine:
         self.store = store or Store(self.settings.database_url, clock=self.clock)
         self.store.migrate()
         self.broker = broker or broker_from_url(self.settings.broker_url)
-        self.lease_seconds = lease_seconds or self.settings.lease_seconds
-        self.lost_after = lost_after or self.settings.lost_after
+        self.lease_seconds = self.settings.lease_seconds if lease_seconds is None else lease_seconds
+        self.lost_after = self.settings.lost_after if lost_after is None else lost_after
         self.short_delay = self.settings.short_delay if short_delay is None else short_delay
         self.router = Router(self.store, self.hooks, self.tenants, self.enqueue)
         # max_retries=0: the retry decision is ours (see the module docstring), not Dramatiq's.
@@ -113,13 +113,14 @@ class Engine:
 
     def process(self, delivery_id: str) -> Outcome | None:
         """Make one attempt of a delivery if it is pending and due; ``None`` if there was nothing to do."""
-        record = self.store.claim(delivery_id, self.lease_seconds)
-        if record is None:
+        leased = self.store.lease(delivery_id, self.lease_seconds)
+        if leased is None:
+            self._resend_if_early(delivery_id)
             return None
+        record, disabled = leased
         destination = self._destination_of(record)
         if destination is None:
             return self._kill(record, None, "destination no longer configured")
-        disabled = self.store.disabled_reason(record.tenant, record.destination)
         if disabled is not None:
             return self._kill(record, destination, f"destination disabled: {disabled}")
 
@@ -134,8 +135,10 @@ class Engine:
             payload=record.payload,
             first_attempt_at=record.first_attempt_at or started,
         )
+        timer = time.perf_counter()
         outcome = self._call_deliver(delivery, destination)
-        duration_ms = (self.clock.now() - started).total_seconds() * 1000
+        # Wall time, not the injectable clock: the attempt log shows how long the destination took.
+        duration_ms = (time.perf_counter() - timer) * 1000
         now = self.clock.now()
         next_at = None
         dead_reason = None
@@ -160,11 +163,26 @@ class Engine:
             enqueued_at=next_at if short else None,
         )
         if short and next_at is not None:
-            delay_ms = max(0, int((next_at - now).total_seconds() * 1000))
+            delay_ms = max(0, math.ceil((next_at - now).total_seconds() * 1000))
             self.actor.send_with_options(args=(record.id,), delay=delay_ms)
         if dead_reason is not None:
             self.hooks.on_delivery_failed(delivery, destination, dead_reason)
         return outcome
+
+    def _resend_if_early(self, delivery_id: str) -> None:
+        """A message may arrive a moment before its delivery is due (the broker's and the store's
+        clocks differ; delays are rounded). Send it again for the rest of the wait, rather than leave
+        the delivery until the scheduler finds it lost ``lost_after`` seconds later."""
+        record = self.store.get_delivery(delivery_id)
+        if record is None or record.status != PENDING or record.next_attempt_at is None:
+            return
+        now = self.clock.now()
+        if record.lease_until is not None and record.lease_until > now:
+            return  # another worker is attempting it right now
+        remaining = (record.next_attempt_at - now).total_seconds()
+        if remaining <= self.short_delay:
+            delay_ms = max(0, math.ceil(remaining * 1000))
+            self.actor.send_with_options(args=(delivery_id,), delay=delay_ms)
 
     def _call_deliver(self, delivery: Delivery, destination: Destination) -> Outcome:
         try:
@@ -254,6 +272,8 @@ class Engine:
             self._worker = None
 
     def close(self) -> None:
+        """Stop the workers, then let plugins release their connections, then close broker and store."""
         self.stop()
+        self.hooks.shutdown()
         self.broker.close()
         self.store.close()

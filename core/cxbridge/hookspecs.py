@@ -14,7 +14,7 @@ without breaking plugins. Changing or removing an argument is a versioned decisi
 deprecation warning for a minor release and removed only in the next major release.
 
 How failures are handled differs per hook and is stated in each docstring: an exception in an observing hook
-(``on_event``, ``on_delivery_failed``) is logged with the plugin's name and the other implementations still
+(``on_event``, ``on_delivery_failed``, ``shutdown``) is logged with the plugin's name and the other implementations still
 run; an exception in ``transform`` or ``deliver`` is turned into an outcome for that one delivery.
 """
 
@@ -159,6 +159,27 @@ def on_delivery_failed(delivery: Delivery, destination: Destination, reason: str
         @hookimpl
         def on_delivery_failed(delivery, destination, reason):
             pager.alert(f"{destination.name}: {delivery.id} dead: {reason}")
+    """
+
+
+@hookspec
+def shutdown() -> None:
+    """Release what the plugin holds — pooled connections, sessions, threads — as the engine stops.
+
+    :return: ignored.
+
+    Called once by :meth:`cxbridge.engine.Engine.close` after the workers have stopped, so no
+    ``deliver`` call is running. Every implementation runs; one that raises is logged with the
+    plugin's name and does not stop the others. A plugin must still work if ``deliver`` is called
+    again afterwards (tests and embedded users may restart an engine in the same process).
+
+    Example::
+
+        @hookimpl
+        def shutdown():
+            for client in _clients.values():
+                client.close()
+            _clients.clear()
     """
 
 

@@ -202,6 +202,9 @@ class Hooks:
             {"delivery": delivery, "destination": destination, "reason": reason},
         )
 
+    def shutdown(self) -> None:
+        _call_isolated(self._hook.shutdown, {})
+
 
 def load_plugins(settings: Settings | None = None) -> PluginManager:
     """A plugin manager with every allowed entry-point plugin loaded, as the settings say."""

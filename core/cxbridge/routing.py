@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from cxbridge.config import TenantConfig
 from cxbridge.destinations import Destination
-from cxbridge.errors import CxbridgeError
+from cxbridge.errors import CxbridgeError, TemplateError
 from cxbridge.events import Event
 from cxbridge.outcome import Delivery, Payload
 from cxbridge.plugins import Hooks
@@ -94,8 +94,11 @@ class Router:
                 ):
                     continue
                 payload = render_payload(self.hooks, event, destination)
-            except Exception as exc:
+            except TemplateError as exc:
                 dead_reason = f"template error: {exc}"
+            except Exception as exc:  # a plugin's transform is third-party code
+                dead_reason = f"transform failed: {type(exc).__name__}: {exc}"
+            if dead_reason is not None:
                 log.warning(
                     "event %s to %s/%s: %s", event.id, tenant.name, destination.name, dead_reason
                 )

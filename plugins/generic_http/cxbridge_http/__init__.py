@@ -57,6 +57,7 @@ def deliver(delivery: Delivery, destination: Destination) -> Outcome | None:
     return sender.deliver(delivery, destination)
 
 
-def close() -> None:
-    """Close every pooled connection and forget cached tokens (tests, shutdown)."""
+@hookimpl
+def shutdown() -> None:
+    """Close every pooled connection and forget cached tokens."""
     sender.close()

@@ -41,6 +41,7 @@ __all__ = [
     "register_destinations",
     "reset_clients",
     "set_session_factory",
+    "shutdown",
     "transform",
 ]
 
@@ -77,3 +78,9 @@ def deliver(delivery: Delivery, destination: Destination) -> Outcome | None:
     options: Any = destination.options
     client = client_for(destination.tenant, destination.name, options)
     return execute(plan, client)
+
+
+@hookimpl
+def shutdown() -> None:
+    """Close every destination's HTTP sessions and forget their tokens."""
+    reset_clients()

@@ -16,7 +16,7 @@ from __future__ import annotations
 from pydantic import ValidationError
 
 from cxbridge import Delivery, Destination, Event, Outcome, Payload, hookimpl
-from cxbridge_zendesk.client import make_client, set_session_factory
+from cxbridge_zendesk.client import close_sessions, make_client, set_session_factory
 from cxbridge_zendesk.delivery import execute, outcome_for_exception
 from cxbridge_zendesk.mapping import build_plan
 from cxbridge_zendesk.options import ZendeskOptions
@@ -28,6 +28,7 @@ __all__ = [
     "deliver",
     "register_destinations",
     "set_session_factory",
+    "shutdown",
     "transform",
 ]
 
@@ -78,3 +79,9 @@ def deliver(delivery: Delivery, destination: Destination) -> Outcome | None:
         status_code=201 if result.created else 200,
         response_excerpt=result.excerpt(),
     )
+
+
+@hookimpl
+def shutdown() -> None:
+    """Close the pooled connections of every Zendesk session."""
+    close_sessions()

@@ -114,6 +114,9 @@ class ZendeskSession(requests.Session):
 SessionFactory = Callable[[], ZendeskSession]
 _session_factory: SessionFactory = ZendeskSession
 _local = threading.local()
+# Every session made, in any thread, so that close_sessions() can reach them all.
+_made: list[ZendeskSession] = []
+_made_lock = threading.Lock()
 
 
 def set_session_factory(factory: SessionFactory | None) -> SessionFactory:
@@ -136,7 +139,18 @@ def _session(key: tuple[Any, ...]) -> ZendeskSession:
         if not isinstance(session, ZendeskSession):
             raise TypeError("the session factory must return a ZendeskSession (or a subclass)")
         sessions[(factory, *key)] = session
+        with _made_lock:
+            _made.append(session)
     return session
+
+
+def close_sessions() -> None:
+    """Close the pooled connections of every session; a session used again reconnects."""
+    with _made_lock:
+        made = list(_made)
+        _made.clear()
+    for session in made:
+        session.close()
 
 
 def make_client(options: ZendeskOptions, *, tenant: str = "", destination: str = "") -> Zenpy:
