@@ -55,7 +55,7 @@ def plugin(url: str, n: int) -> tuple[float, int]:
         outcome = cxbridge_http.deliver(delivery=delivery, destination=dest)
         assert outcome is not None and outcome.ok, outcome
     rate = n / (time.perf_counter() - started)
-    cxbridge_http.close()
+    cxbridge_http.sender.close()
     return rate, len(payload.body)
 
 

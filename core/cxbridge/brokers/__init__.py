@@ -9,7 +9,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import dramatiq
-from dramatiq.broker import Consumer
+from dramatiq.middleware import Middleware, Retries
 
 from cxbridge.brokers.sqlite import SQLiteBroker, SQLiteMessageProxy
 from cxbridge.errors import CxbridgeError
@@ -20,6 +20,7 @@ __all__ = [
     "SQLiteBroker",
     "SQLiteMessageProxy",
     "broker_from_url",
+    "cxbridge_middleware",
 ]
 
 SUPPORTED_SCHEMES = (
@@ -39,6 +40,33 @@ REDIS_DEFAULTS: dict[str, Any] = {
     "maintenance_chance": 50_000,
 }
 
+
+def cxbridge_middleware() -> list[Middleware]:
+    """The middleware :func:`broker_from_url` installs: only what cxbridge's actor needs.
+
+    Every middleware runs on every message (``before_``/``after_process_message`` and more), so
+    Dramatiq's default stack (AgeLimit, TimeLimit, ShutdownNotifications, Callbacks, Pipelines,
+    Retries) is cut down to:
+
+    - ``Retries``: it owns the ``max_retries`` actor option our actor is declared with
+      (``max_retries=0``: the retry decision is the engine's), and it is what marks a message
+      whose actor raised as failed, so that the broker dead-letters it instead of acking it.
+
+    Left out, and why:
+
+    - ``TimeLimit``: its timer only starts on ``process_boot``, which the engine's in-process
+      worker never emits, so it limited nothing; an attempt is bounded by the plugin's own
+      timeouts and by its lease.
+    - ``AgeLimit``: messages carry no ``max_age``; a delivery's retry window is the engine's.
+    - ``Callbacks``, ``Pipelines``: the actor uses neither ``on_success`` nor pipelines.
+    - ``ShutdownNotifications``: no actor asks for ``notify_shutdown``; ``Engine.stop`` lets
+      running attempts finish.
+
+    Pass ``middleware=`` to :func:`broker_from_url` for another stack (e.g. Dramatiq's default).
+    """
+    return [Retries()]
+
+
 #: The least number of messages a Redis consumer prefetches (Dramatiq's default: 2 x threads).
 REDIS_MIN_PREFETCH = 64
 
@@ -54,14 +82,19 @@ def broker_from_url(url: str, **options: Any) -> dramatiq.Broker:
       relative to the working directory; four: absolute); its parent directory is created.
     - ``redis://…``: Dramatiq's ``RedisBroker`` with :data:`REDIS_DEFAULTS` (faster dead-worker
       recovery) and consumers that prefetch at least :data:`REDIS_MIN_PREFETCH` messages
-      (``queue_prefetch=`` overrides it).
+      (``queue_prefetch=`` overrides it) and acknowledge messages in batches
+      (:mod:`cxbridge.brokers.redis`).
     - ``amqp://…``: Dramatiq's ``RabbitmqBroker`` with publisher confirms
       (``confirm_delivery=True``), so ``send()`` returns only once RabbitMQ has the message.
+
+    Every broker gets :func:`cxbridge_middleware` unless ``middleware=`` is passed.
 
     Raises:
       BrokerURLError: for any other scheme, or a ``sqlite`` URL without a file path.
     """
     scheme = urlsplit(url).scheme.lower()
+    if scheme in ("sqlite", "redis", "rediss", "unix", "amqp", "amqps"):
+        options.setdefault("middleware", cxbridge_middleware())
     if scheme == "sqlite":
         return SQLiteBroker(_sqlite_path(url), **options)
     if scheme in ("redis", "rediss", "unix"):
@@ -96,20 +129,10 @@ def _sqlite_path(url: str) -> Path:
 
 
 def _redis_broker(url: str, **options: Any) -> dramatiq.Broker:
-    from dramatiq.brokers.redis import RedisBroker
+    from cxbridge.brokers.redis import CxbridgeRedisBroker
 
     min_prefetch = int(options.pop("queue_prefetch", REDIS_MIN_PREFETCH))
-
-    class _PrefetchingRedisBroker(RedisBroker):
-        """Dramatiq's RedisBroker whose consumers fetch bigger batches per round trip."""
-
-        def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> Consumer:
-            if not queue_name.endswith(".DQ"):  # delay queues already prefetch 1,000 x threads
-                prefetch = max(prefetch, min_prefetch)
-            consumer: Consumer = super().consume(queue_name, prefetch, timeout)
-            return consumer
-
-    broker: dramatiq.Broker = _PrefetchingRedisBroker(  # type: ignore[no-untyped-call]  # untyped
-        url=url, **{**REDIS_DEFAULTS, **options}
+    broker: dramatiq.Broker = CxbridgeRedisBroker(
+        url=url, min_prefetch=min_prefetch, **{**REDIS_DEFAULTS, **options}
     )
     return broker

@@ -19,7 +19,7 @@ from cxbridge.outcome import Delivery, Outcome, Payload
 from cxbridge.retry import outcome_for_status
 from cxbridge.signing import sign
 from cxbridge_http.auth import AuthFailed, TokenCache, secret_values, static_auth_header
-from cxbridge_http.client import ClientCache
+from cxbridge_http.client import ClientCache, GuardedClient, SentResponse
 from cxbridge_http.options import HttpOptions, OAuth2Auth
 from cxbridge_http.ssrf import AddressRefused, NetworkPolicy, ResolutionFailed, literal_address
 
@@ -241,7 +241,7 @@ class Sender:
 
     def _send(
         self,
-        client: httpx.Client,
+        client: GuardedClient,
         method: str,
         url: httpx.URL,
         body: bytes,
@@ -260,10 +260,9 @@ class Sender:
         started = time.monotonic()
         deadline = started + options.timeout.total
         try:
-            with client.stream(method, url, content=body, headers=headers) as response:
+            with client.send_direct(method, url, body, headers) as response:
                 excerpt = self._excerpt(response, options.max_response_excerpt, deadline)
                 status = response.status_code
-                response_headers = response.headers
         except AddressRefused as exc:
             return Outcome.permanent(str(exc))
         except ResolutionFailed as exc:
@@ -273,7 +272,7 @@ class Sender:
         elapsed = time.monotonic() - started
         log.debug("%s %s -> %s in %.3f s", method, host, status, elapsed)
         if 300 <= status < 400:
-            location = response_headers.get("Location", "")
+            location = response.header("Location") or ""
             return Outcome.permanent(
                 f"HTTP {status} redirect to {location or '(no Location)'}; redirects are not "
                 "followed: set url to the final address",
@@ -281,7 +280,7 @@ class Sender:
                 response_excerpt=excerpt,
             )
         outcome = outcome_for_status(
-            status, retry_after=response_headers.get("Retry-After"), excerpt=excerpt
+            status, retry_after=response.header("Retry-After"), excerpt=excerpt
         )
         if not outcome.ok and outcome.error:
             reason = response.reason_phrase
@@ -291,7 +290,7 @@ class Sender:
         return outcome
 
     @staticmethod
-    def _excerpt(response: httpx.Response, limit: int, deadline: float) -> str | None:
+    def _excerpt(response: SentResponse, limit: int, deadline: float) -> str | None:
         """At most ``limit`` bytes of the body, read until the deadline; the rest is dropped."""
         if limit <= 0:
             return None
