@@ -523,17 +523,13 @@ class Store:
                 _MARK_ENQUEUED, {"b_ids": list(ids), "b_at": self.now() if at is None else at}
             )
 
-    def claim(self, delivery_id: str, lease_seconds: float) -> DeliveryRecord | None:
-        """Lease a pending, due delivery for one attempt; ``None`` if it is not pending, not due, or
-        leased by another worker (so two copies of one message never send twice at once)."""
-        leased = self.lease(delivery_id, lease_seconds)
-        return leased[0] if leased is not None else None
-
     def lease(
         self, delivery_id: str, lease_seconds: float
     ) -> tuple[DeliveryRecord, str | None] | None:
-        """:meth:`claim`, and in the same statement the reason its destination was disabled
-        (``None`` while it is enabled): one round trip per attempt instead of two."""
+        """Lease a pending, due delivery for one attempt, and say in the same statement why its
+        destination is disabled (``None`` while it is enabled). ``None`` if the delivery is not
+        pending, not due, or leased by another worker: two copies of one message never send twice
+        at once."""
         with self._raw_write() as cursor:
             # "now" once the write lock is held: read before waiting for it, a delivery that became
             # due meanwhile would look early.
