@@ -1,337 +1,51 @@
-"""The durable store: events, deliveries, attempts and dead letters (SQLAlchemy 2 Core).
-
-The store, not the broker, is the source of truth: a delivery row exists before its message is enqueued,
-and a delivery in backoff waits here (``next_attempt_at``) rather than in the broker. SQLite (embedded,
-the default) and PostgreSQL (scale-out) are supported. Times are stored as UTC epoch seconds.
-"""
+"""The :class:`Store` class: every query and write of the engine, and the transactions they run in."""
 
 from __future__ import annotations
 
 import contextlib
 import json
-import operator
-import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.sql.compiler import SQLCompiler
 
 from cxbridge.clock import Clock, SystemClock
-from cxbridge.outcome import Outcome, Payload
-
-__all__ = [
-    "AttemptRecord",
-    "DeliveryFilter",
-    "DeliveryRecord",
-    "NewDelivery",
-    "Store",
-    "normalize_database_url",
-]
-
-EXCERPT_LIMIT = 16 * 1024
-PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
-
-metadata = sa.MetaData()
-events = sa.Table(
-    "events",
-    metadata,
-    sa.Column("tenant", sa.String(100), primary_key=True),
-    sa.Column("id", sa.String(200), primary_key=True),
-    sa.Column("type", sa.String(50), nullable=False),
-    sa.Column("occurred_at", sa.Float, nullable=False),
-    sa.Column("received_at", sa.Float, nullable=False, index=True),
-    sa.Column("body", sa.LargeBinary, nullable=False),
+from cxbridge.outcome import Payload
+from cxbridge.store._connect import create_engines, normalize_database_url
+from cxbridge.store._records import (
+    AttemptRecord,
+    DeliveryFilter,
+    DeliveryRecord,
+    NewDelivery,
+    _ts,
 )
-deliveries = sa.Table(
-    "deliveries",
-    metadata,
-    sa.Column("id", sa.String(64), primary_key=True),
-    sa.Column("tenant", sa.String(100), nullable=False),
-    sa.Column("destination", sa.String(200), nullable=False),
-    sa.Column("event_id", sa.String(200), nullable=False),
-    sa.Column("event_type", sa.String(50), nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("body", sa.LargeBinary, nullable=False),
-    sa.Column("content_type", sa.String(200), nullable=False),
-    sa.Column("meta", sa.Text, nullable=False),
-    sa.Column("attempts", sa.Integer, nullable=False, default=0),
-    sa.Column("created_at", sa.Float, nullable=False),
-    sa.Column("updated_at", sa.Float, nullable=False),
-    sa.Column("first_attempt_at", sa.Float),
-    sa.Column("next_attempt_at", sa.Float),
-    sa.Column("enqueued_at", sa.Float),
-    sa.Column("lease_until", sa.Float),
-    sa.Column("delivered_at", sa.Float),
-    sa.Column("last_error", sa.Text),
-    sa.Column("remote_id", sa.String(200)),
-    sa.Index("ix_deliveries_due", "status", "next_attempt_at"),
-    sa.Index("ix_deliveries_filter", "tenant", "destination", "status", "created_at"),
-    sa.Index("ix_deliveries_event", "tenant", "event_id"),
+from cxbridge.store._schema import (
+    DEAD,
+    DELIVERED,
+    EXCERPT_LIMIT,
+    MIGRATIONS,
+    PENDING,
+    attempts,
+    dead_letters,
+    deliveries,
+    disabled_destinations,
+    events,
+    schema_version,
 )
-attempts = sa.Table(
-    "attempts",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("delivery_id", sa.String(64), nullable=False, index=True),
-    sa.Column("number", sa.Integer, nullable=False),
-    sa.Column("started_at", sa.Float, nullable=False),
-    sa.Column("duration_ms", sa.Float, nullable=False),
-    sa.Column("outcome", sa.String(16), nullable=False),
-    sa.Column("status_code", sa.Integer),
-    sa.Column("provider_code", sa.String(100)),
-    sa.Column("error", sa.Text),
-    sa.Column("retry_after", sa.Float),
-    sa.Column("remote_id", sa.String(200)),
-    sa.Column("response_excerpt", sa.Text),
-)
-dead_letters = sa.Table(
-    "dead_letters",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("delivery_id", sa.String(64), nullable=False, index=True),
-    sa.Column("tenant", sa.String(100), nullable=False),
-    sa.Column("destination", sa.String(200), nullable=False),
-    sa.Column("reason", sa.Text, nullable=False),
-    sa.Column("dead_at", sa.Float, nullable=False, index=True),
-    sa.Column("replayed_at", sa.Float),
-)
-disabled_destinations = sa.Table(
-    "disabled_destinations",
-    metadata,
-    sa.Column("tenant", sa.String(100), primary_key=True),
-    sa.Column("destination", sa.String(200), primary_key=True),
-    sa.Column("reason", sa.Text, nullable=False),
-    sa.Column("disabled_at", sa.Float, nullable=False),
-)
-schema_version = sa.Table(
-    "cxbridge_schema_version", metadata, sa.Column("version", sa.Integer, nullable=False)
+from cxbridge.store._statements import (
+    _ATTEMPT_KEYS,
+    _DEAD_KEYS,
+    _FINISH,
+    _HAS_EVENT,
+    _INSERT_ATTEMPT,
+    _INSERT_DEAD,
+    _LEASE,
+    _MARK_ENQUEUED,
+    _Compiled,
 )
 
-# Each migration brings the schema from version i to i + 1. Version 1 is the tables above.
-MIGRATIONS: list[Callable[[sa.Connection], None]] = [
-    lambda conn: metadata.create_all(conn, tables=[t for t in metadata.sorted_tables])
-]
-
-
-# The statements of the hot path (ingest and every attempt), built once with bound parameters:
-# building a statement with literal values costs more CPU than running it (SQLAlchemy coerces every
-# value and computes a cache key per call), and a worker runs these thousands of times a second.
-_c = deliveries.c
-_d = disabled_destinations.c
-_HAS_EVENT = sa.select(events.c.id).where(
-    events.c.tenant == sa.bindparam("b_tenant"), events.c.id == sa.bindparam("b_id")
-)
-_MARK_ENQUEUED = (
-    deliveries.update()
-    .where(_c.id.in_(sa.bindparam("b_ids", expanding=True)))
-    .values(enqueued_at=sa.bindparam("b_at"))
-)
-# The lease and, in the same statement, why the destination is disabled (NULL while enabled).
-# Spelt out: SQLite's RETURNING clause is compiled without table names, which would turn
-# ``disabled.tenant = deliveries.tenant`` into ``tenant = tenant``.
-_DISABLED_REASON = (
-    sa.select(_d.reason)
-    .where(
-        _d.tenant == sa.literal_column("deliveries.tenant"),
-        _d.destination == sa.literal_column("deliveries.destination"),
-    )
-    .scalar_subquery()
-    .label("disabled_reason")
-)
-_LEASE = (
-    deliveries.update()
-    .where(
-        _c.id == sa.bindparam("b_id"),
-        _c.status == PENDING,
-        sa.or_(_c.next_attempt_at.is_(None), _c.next_attempt_at <= sa.bindparam("b_now")),
-        sa.or_(_c.lease_until.is_(None), _c.lease_until < sa.bindparam("b_now")),
-    )
-    .values(lease_until=sa.bindparam("b_lease_until"))
-    .returning(*deliveries.c, _DISABLED_REASON)
-)
-_INSERT_ATTEMPT = attempts.insert()
-_FINISH = (
-    deliveries.update()
-    .where(_c.id == sa.bindparam("b_id"))
-    .values(
-        status=sa.bindparam("b_status"),
-        attempts=sa.bindparam("b_attempts"),
-        updated_at=sa.bindparam("b_now"),
-        first_attempt_at=sa.bindparam("b_first_attempt_at"),
-        next_attempt_at=sa.bindparam("b_next_attempt_at"),
-        enqueued_at=sa.bindparam("b_enqueued_at"),
-        lease_until=None,
-        delivered_at=sa.bindparam("b_delivered_at"),
-        last_error=sa.bindparam("b_last_error"),
-        remote_id=sa.bindparam("b_remote_id"),
-    )
-)
-_INSERT_DEAD = dead_letters.insert()
-_ATTEMPT_KEYS = (
-    "delivery_id",
-    "number",
-    "started_at",
-    "duration_ms",
-    "outcome",
-    "status_code",
-    "provider_code",
-    "error",
-    "retry_after",
-    "remote_id",
-    "response_excerpt",
-)
-_DEAD_KEYS = ("delivery_id", "tenant", "destination", "reason", "dead_at")
-
-
-def _ts(value: datetime | None) -> float | None:
-    return value.timestamp() if value is not None else None
-
-
-def _dt(value: float | None) -> datetime | None:
-    return datetime.fromtimestamp(value, UTC) if value is not None else None
-
-
-class _Compiled:
-    """A statement compiled once for one dialect and run on a bare DBAPI cursor.
-
-    For the two transactions of every attempt (lease; attempt row + status): SQLAlchemy's
-    connection, transaction and result machinery costs about 100 µs per transaction, ten times
-    what SQLite takes to run the statements. The statements and their parameters stay the Core ones
-    above; only the execution is leaner. No type conversion happens on the way: the columns
-    involved are strings, numbers and bytes, which both drivers pass through unchanged.
-    """
-
-    def __init__(
-        self, statement: sa.ClauseElement, dialect: sa.Dialect, keys: Sequence[str] = ()
-    ) -> None:
-        compiled = statement.compile(dialect=dialect, column_keys=list(keys) or None)
-        assert isinstance(compiled, SQLCompiler)
-        self.sql = compiled.string
-        self.defaults = dict(compiled.params)
-        order = list(compiled.positiontup or []) if compiled.positional else None
-        # A tuple in the order of the placeholders (qmark: SQLite), or the dict (pyformat: psycopg).
-        self._pick: Callable[[dict[str, Any]], Any] | None = None
-        if order:
-            get = operator.itemgetter(*order)
-            self._pick = get if len(order) > 1 else (lambda merged: (get(merged),))
-
-    def args(self, params: Mapping[str, Any]) -> Any:
-        merged = {**self.defaults, **params}
-        return self._pick(merged) if self._pick is not None else merged
-
-
-@dataclass(frozen=True)
-class NewDelivery:
-    id: str
-    destination: str
-    payload: Payload
-    dead_reason: str | None = None
-
-
-@dataclass(frozen=True)
-class DeliveryRecord:
-    id: str
-    tenant: str
-    destination: str
-    event_id: str
-    event_type: str
-    status: str
-    payload: Payload
-    attempts: int
-    created_at: datetime
-    first_attempt_at: datetime | None
-    next_attempt_at: datetime | None
-    delivered_at: datetime | None
-    last_error: str | None
-    remote_id: str | None
-    lease_until: datetime | None = None
-
-    @classmethod
-    def from_row(cls, row: sa.Row[Any]) -> DeliveryRecord:
-        return cls.from_mapping(row._mapping)
-
-    @classmethod
-    def from_mapping(cls, m: Mapping[Any, Any]) -> DeliveryRecord:
-        return cls(
-            id=m["id"],
-            tenant=m["tenant"],
-            destination=m["destination"],
-            event_id=m["event_id"],
-            event_type=m["event_type"],
-            status=m["status"],
-            payload=Payload(bytes(m["body"]), m["content_type"], json.loads(m["meta"])),
-            attempts=m["attempts"],
-            created_at=_dt(m["created_at"]) or datetime.now(UTC),
-            first_attempt_at=_dt(m["first_attempt_at"]),
-            next_attempt_at=_dt(m["next_attempt_at"]),
-            delivered_at=_dt(m["delivered_at"]),
-            last_error=m["last_error"],
-            remote_id=m["remote_id"],
-            lease_until=_dt(m["lease_until"]),
-        )
-
-    def as_dict(self) -> dict[str, Any]:
-        """A JSON-friendly view for the CLI and admin API (payload body as text)."""
-        data = {k: v for k, v in self.__dict__.items() if k != "payload"}
-        for key, value in data.items():
-            if isinstance(value, datetime):
-                data[key] = value.isoformat()
-        data["payload"] = self.payload.body.decode("utf-8", "replace")
-        return data
-
-
-@dataclass(frozen=True)
-class AttemptRecord:
-    number: int
-    started_at: datetime
-    duration_ms: float
-    outcome: Outcome
-
-
-@dataclass(frozen=True)
-class DeliveryFilter:
-    """Which deliveries to list or replay. ``None`` fields do not filter."""
-
-    tenant: str | None = None
-    destination: str | None = None
-    event_type: str | None = None
-    status: str | None = DEAD
-    since: datetime | None = None
-    until: datetime | None = None
-    ids: Sequence[str] | None = None
-
-    def where(self) -> list[sa.ColumnElement[bool]]:
-        c = deliveries.c
-        clauses: list[sa.ColumnElement[bool]] = []
-        for column, value in (
-            (c.tenant, self.tenant),
-            (c.destination, self.destination),
-            (c.event_type, self.event_type),
-            (c.status, self.status),
-        ):
-            if value is not None:
-                clauses.append(column == value)
-        if self.since is not None:
-            clauses.append(c.created_at >= self.since.timestamp())
-        if self.until is not None:
-            clauses.append(c.created_at < self.until.timestamp())
-        if self.ids is not None:
-            clauses.append(c.id.in_(list(self.ids)))
-        return clauses
-
-
-def normalize_database_url(url: str) -> str:
-    """``postgresql://`` uses psycopg 3; ``sqlite:///relative/path`` gets its folder created."""
-    if url.startswith(("postgresql://", "postgres://")):
-        return "postgresql+psycopg://" + url.split("://", 1)[1]
-    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    return url
+__all__ = ["Store"]
 
 
 class Store:
@@ -342,34 +56,7 @@ class Store:
         self.clock = clock or SystemClock()
         self.is_sqlite = self.url.startswith("sqlite")
         # Writes go through ``self.engine`` inside :meth:`_write`; reads through ``self._reader``.
-        self._write_lock: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-        if self.is_sqlite:
-            connect_args = {"timeout": 30, "check_same_thread": False}
-            self.engine = sa.create_engine(
-                self.url, connect_args=connect_args, pool_size=10, max_overflow=20
-            )
-            sa.event.listen(self.engine, "connect", _sqlite_on_connect)
-            # Take the write lock when a transaction begins: a deferred transaction that upgrades from
-            # read to write fails at once with "database is locked" instead of waiting.
-            sa.event.listen(self.engine, "begin", lambda c: c.exec_driver_sql("BEGIN IMMEDIATE"))
-            # SQLite has one writer at a time. Threads of this process queue for it on a mutex:
-            # waiting in SQLite's busy handler means sleeping 1, 2, 5, 10, 25 ... ms between tries.
-            # (Other processes still wait in the busy handler.)
-            self._write_lock = threading.Lock()
-            if ":memory:" in self.url:
-                self._reader = self.engine
-            else:
-                # Reads run in autocommit (each statement its own snapshot, WAL): they never take
-                # the write lock, so they neither wait for writers nor make writers wait.
-                self._reader = sa.create_engine(
-                    self.url, connect_args=connect_args, pool_size=10, max_overflow=20
-                )
-                sa.event.listen(self._reader, "connect", _sqlite_on_connect)
-            self._insert: Any = sqlite.insert
-        else:
-            self.engine = sa.create_engine(self.url, pool_size=10, max_overflow=20)
-            self._reader = self.engine
-            self._insert = postgresql.insert
+        self.engine, self._reader, self._write_lock, self._insert = create_engines(self.url)
         self._insert_event = self._insert(events).on_conflict_do_nothing()
         dialect = self.engine.dialect
         self._lease_sql = _Compiled(_LEASE, dialect)
@@ -768,13 +455,3 @@ class Store:
                 events.delete().where(events.c.received_at < cutoff, ~sa.exists(still_used))
             )
         return int(deleted)
-
-
-def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
-    # Autocommit at the driver level, so that SQLAlchemy's "begin" event decides the BEGIN statement.
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.close()

@@ -1,0 +1,126 @@
+"""The records the store takes and returns (:class:`NewDelivery`, :class:`DeliveryRecord`,
+:class:`AttemptRecord`), :class:`DeliveryFilter`, and the conversions between epoch seconds and
+datetimes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from cxbridge.outcome import Outcome, Payload
+from cxbridge.store._schema import DEAD, deliveries
+
+__all__ = ["AttemptRecord", "DeliveryFilter", "DeliveryRecord", "NewDelivery", "_dt", "_ts"]
+
+
+def _ts(value: datetime | None) -> float | None:
+    return value.timestamp() if value is not None else None
+
+
+def _dt(value: float | None) -> datetime | None:
+    return datetime.fromtimestamp(value, UTC) if value is not None else None
+
+
+@dataclass(frozen=True)
+class NewDelivery:
+    id: str
+    destination: str
+    payload: Payload
+    dead_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class DeliveryRecord:
+    id: str
+    tenant: str
+    destination: str
+    event_id: str
+    event_type: str
+    status: str
+    payload: Payload
+    attempts: int
+    created_at: datetime
+    first_attempt_at: datetime | None
+    next_attempt_at: datetime | None
+    delivered_at: datetime | None
+    last_error: str | None
+    remote_id: str | None
+    lease_until: datetime | None = None
+
+    @classmethod
+    def from_row(cls, row: sa.Row[Any]) -> DeliveryRecord:
+        return cls.from_mapping(row._mapping)
+
+    @classmethod
+    def from_mapping(cls, m: Mapping[Any, Any]) -> DeliveryRecord:
+        return cls(
+            id=m["id"],
+            tenant=m["tenant"],
+            destination=m["destination"],
+            event_id=m["event_id"],
+            event_type=m["event_type"],
+            status=m["status"],
+            payload=Payload(bytes(m["body"]), m["content_type"], json.loads(m["meta"])),
+            attempts=m["attempts"],
+            created_at=_dt(m["created_at"]) or datetime.now(UTC),
+            first_attempt_at=_dt(m["first_attempt_at"]),
+            next_attempt_at=_dt(m["next_attempt_at"]),
+            delivered_at=_dt(m["delivered_at"]),
+            last_error=m["last_error"],
+            remote_id=m["remote_id"],
+            lease_until=_dt(m["lease_until"]),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-friendly view for the CLI and admin API (payload body as text)."""
+        data = {k: v for k, v in self.__dict__.items() if k != "payload"}
+        for key, value in data.items():
+            if isinstance(value, datetime):
+                data[key] = value.isoformat()
+        data["payload"] = self.payload.body.decode("utf-8", "replace")
+        return data
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    number: int
+    started_at: datetime
+    duration_ms: float
+    outcome: Outcome
+
+
+@dataclass(frozen=True)
+class DeliveryFilter:
+    """Which deliveries to list or replay. ``None`` fields do not filter."""
+
+    tenant: str | None = None
+    destination: str | None = None
+    event_type: str | None = None
+    status: str | None = DEAD
+    since: datetime | None = None
+    until: datetime | None = None
+    ids: Sequence[str] | None = None
+
+    def where(self) -> list[sa.ColumnElement[bool]]:
+        c = deliveries.c
+        clauses: list[sa.ColumnElement[bool]] = []
+        for column, value in (
+            (c.tenant, self.tenant),
+            (c.destination, self.destination),
+            (c.event_type, self.event_type),
+            (c.status, self.status),
+        ):
+            if value is not None:
+                clauses.append(column == value)
+        if self.since is not None:
+            clauses.append(c.created_at >= self.since.timestamp())
+        if self.until is not None:
+            clauses.append(c.created_at < self.until.timestamp())
+        if self.ids is not None:
+            clauses.append(c.id.in_(list(self.ids)))
+        return clauses
