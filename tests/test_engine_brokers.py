@@ -4,6 +4,7 @@ broker, Redis and RabbitMQ, with the store on SQLite and on PostgreSQL."""
 from __future__ import annotations
 
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -12,7 +13,6 @@ import pytest
 from cxbridge import Outcome
 from cxbridge.brokers import broker_from_url
 from cxbridge.clock import SystemClock
-from cxbridge.engine import QUEUE_NAME
 from tests.engine_support import MakeEngine, make_event
 from tests.scripted_plugin import ScriptedPlugin
 
@@ -37,7 +37,7 @@ def wait_until_settled(engine, timeout: float = 30.0) -> dict[str, int]:
         (r.id, r.attempts, r.next_attempt_at, engine.store.attempts_of(r.id))
         for r in engine.store.list_deliveries(DeliveryFilter(status="pending"))
     ]
-    extra = getattr(engine.broker, "message_counts", lambda q: None)(QUEUE_NAME)
+    extra = getattr(engine.broker, "message_counts", lambda q: None)(engine.queue_name)
     raise AssertionError(f"still pending after {timeout} s: {counts}; {stuck}; broker {extra}")
 
 
@@ -52,9 +52,10 @@ def test_workers_deliver_retry_and_dead_letter(
             return Outcome.retry("HTTP 503", retry_after=0.2)
         return Outcome.delivered()
 
+    # A queue of this test's own: two test runs sharing Redis or RabbitMQ must not take each
+    # other's messages.
+    queue = f"cxbridge-test-{uuid.uuid4().hex[:12]}"
     broker = broker_from_url(broker_url)
-    broker.declare_queue(QUEUE_NAME)
-    broker.flush_all()
     plugin = ScriptedPlugin(default=answer)
     engine, plugin, _ = make_engine(
         tmp_path,
@@ -62,6 +63,7 @@ def test_workers_deliver_retry_and_dead_letter(
         database_url=store_url,
         broker=broker,
         clock=SystemClock(),
+        queue_name=queue,
     )
     engine.start(threads=4, interval=0.2)
     try:
@@ -72,7 +74,10 @@ def test_workers_deliver_retry_and_dead_letter(
         counts = wait_until_settled(engine)
     finally:
         engine.stop()
-        broker.flush_all()
+        broker.flush(queue)
+        if hasattr(broker, "get_queue_message_counts"):  # RabbitMQ keeps declared queues
+            for name in (queue, f"{queue}.DQ", f"{queue}.XQ"):
+                broker.channel.queue_delete(name)
 
     assert counts == {"delivered": 29, "dead": 2}  # event 7 also matched low-scores
     successes = Counter(d.id for d in plugin.calls)

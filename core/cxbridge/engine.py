@@ -38,13 +38,13 @@ __all__ = ["ACTOR_NAME", "QUEUE_NAME", "Engine"]
 
 log = logging.getLogger(__name__)
 ACTOR_NAME = "cxbridge_deliver"
-QUEUE_NAME = "cxbridge"
+QUEUE_NAME = "cxbridge"  # the default of CXBRIDGE_QUEUE_NAME
 
 
 class Engine:
     """Everything one process needs to accept events and deliver them.
 
-    The last three default to the settings of the same names (``CXBRIDGE_LEASE_SECONDS``, ...).
+    The last four default to the settings of the same names (``CXBRIDGE_LEASE_SECONDS``, ...).
 
     :param lease_seconds: how long one attempt may hold a delivery; after a worker dies, its delivery
         is retried once the lease has run out. Keep it above the slowest plugin's total timeout.
@@ -65,6 +65,7 @@ class Engine:
         lease_seconds: float | None = None,
         lost_after: float | None = None,
         short_delay: float | None = None,
+        queue_name: str | None = None,
     ) -> None:
         self.settings = settings or Settings()
         self.clock = clock or SystemClock()
@@ -81,13 +82,14 @@ class Engine:
         self.lease_seconds = self.settings.lease_seconds if lease_seconds is None else lease_seconds
         self.lost_after = self.settings.lost_after if lost_after is None else lost_after
         self.short_delay = self.settings.short_delay if short_delay is None else short_delay
+        self.queue_name = self.settings.queue_name if queue_name is None else queue_name
         self.router = Router(self.store, self.hooks, self.tenants, self.enqueue)
         # max_retries=0: the retry decision is ours (see the module docstring), not Dramatiq's.
         self.actor: dramatiq.Actor[[str], None] = dramatiq.Actor(
             self._deliver_message,
             broker=self.broker,
             actor_name=ACTOR_NAME,
-            queue_name=QUEUE_NAME,
+            queue_name=self.queue_name,
             priority=0,
             options={"max_retries": 0},
         )
@@ -253,7 +255,9 @@ class Engine:
     def start(self, *, threads: int = 4, scheduler: bool = True, interval: float = 1.0) -> None:
         """Start worker threads (and the scheduler) in this process. :meth:`stop` ends them."""
         self._stop.clear()
-        self._worker = dramatiq.Worker(self.broker, worker_threads=threads, queues={QUEUE_NAME})
+        self._worker = dramatiq.Worker(
+            self.broker, worker_threads=threads, queues={self.queue_name}
+        )
         self._worker.start()
         if scheduler:
             self.sweep()

@@ -24,6 +24,11 @@ class Settings(BaseSettings):
         "sqlite:///var/cxbridge-broker.db",
         description="Broker: sqlite:///PATH (embedded), redis://... or amqp://...",
     )
+    queue_name: str = Field(
+        "cxbridge",
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="Broker queue of the deliver actor; separate installations sharing a broker differ here.",
+    )
     strict_plugins: bool = Field(False, description="A plugin that fails to load is fatal.")
     plugins_allow: Annotated[list[str] | None, NoDecode] = Field(
         None, description="Comma-separated entry-point names; only these load."
