@@ -86,6 +86,28 @@ def test_cli_validate_prints_every_problem_and_exits_1(tmp_path):
     assert "2 problem(s) found" in result.stderr
 
 
+def test_every_broken_leaf_of_a_body_is_reported(tmp_path, types):
+    path = write(
+        tmp_path,
+        """
+        tenant: acme
+        destinations:
+          hook:
+            type: http
+            events: [call_summary]
+            url: https://example.com/hook
+            body:
+              a: "{{ ai.summary | nope }}"
+              b: "{% if %}"
+              c: "{{ ai.summary | upcase }}"
+        """,
+    )
+    problems = problems_of(path, types)
+    assert len(problems) == 2
+    assert problems[0].startswith(f"{path}:8:27: destinations.hook.body.a: unknown filter 'nope'")
+    assert problems[1] == f"{path}:9:14: destinations.hook.body.b: missing expression"
+
+
 def test_unknown_template_variable_is_reported_with_its_position(tmp_path, types):
     path = write(
         tmp_path,

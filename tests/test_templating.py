@@ -458,9 +458,17 @@ def test_model_collects_every_template_error_with_its_position() -> None:
         "line": 1,
         "column": 8,
         "path": [],
+        "more": [],
     }
     assert errors["body"]["ctx"]["path"] == ["a", 0]
     assert errors["url"]["msg"] == "unknown filter 'nope'"
+
+
+def test_a_document_reports_every_broken_leaf_not_just_the_first() -> None:
+    with pytest.raises(TemplateSyntaxError) as info:
+        JsonTemplate({"a": "{{ x | nope }}", "b": ["ok", "{% if %}"], "c": "{{ y }}"})
+    assert info.value.path == ("a",)
+    assert [err.path for err in info.value.more] == [("b", 1)]
 
 
 def test_model_refuses_a_non_string_template() -> None:

@@ -34,7 +34,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cxbridge.destinations import Destination, DestinationType
-from cxbridge.errors import ConfigError, ConfigProblem, TemplateSyntaxError
+from cxbridge.errors import ConfigError, ConfigProblem
 from cxbridge.events import EVENT_TYPES
 from cxbridge.retry import RetryPolicy
 from cxbridge.templating import Condition, JsonTemplate, TextTemplate, check_variables
@@ -206,14 +206,10 @@ class _Loader:
         loc = (*where, *err["loc"])
         ctx = err.get("ctx") or {}
         if err["type"] == "template_syntax":
-            leaf = tuple(ctx.get("path") or ())
-            pos = self.doc.position_in_template((*loc, *leaf), ctx.get("line"), ctx.get("column"))
-            field_name = ".".join(str(p) for p in (*loc, *leaf))
-            self.problems.append(
-                ConfigProblem(
-                    str(self.path), pos.line, pos.column, f"{field_name}: {ctx['message']}"
+            for each in (ctx, *ctx.get("more", ())):
+                self._template_problem(
+                    loc, each.get("path"), each.get("line"), each.get("column"), each["message"]
                 )
-            )
             return
         field_name = ".".join(str(p) for p in loc)
         if err["type"] == "extra_forbidden":
@@ -320,14 +316,22 @@ class _Loader:
         where: tuple[str | int, ...],
     ) -> None:
         for error in check_variables(template, events):
-            self._template_problem(error, where)
+            self._template_problem(where, error.path, error.line, error.column, error.message)
 
-    def _template_problem(self, error: TemplateSyntaxError, where: tuple[str | int, ...]) -> None:
-        leaf = tuple(error.path or ())
-        pos = self.doc.position_in_template((*where, *leaf), error.line, error.column)
-        field_name = ".".join(str(p) for p in (*where, *leaf))
+    def _template_problem(
+        self,
+        where: tuple[str | int, ...],
+        leaf: Any,
+        line: int | None,
+        column: int | None,
+        message: str,
+    ) -> None:
+        """A problem inside the template at ``where`` (``leaf``: its path inside a JSON document)."""
+        path = (*where, *(leaf or ()))
+        pos = self.doc.position_in_template(path, line, column)
+        field_name = ".".join(str(p) for p in path)
         self.problems.append(
-            ConfigProblem(str(self.path), pos.line, pos.column, f"{field_name}: {error.message}")
+            ConfigProblem(str(self.path), pos.line, pos.column, f"{field_name}: {message}")
         )
 
 

@@ -105,7 +105,13 @@ class TemplateError(CxbridgeError):
 
 
 class TemplateSyntaxError(TemplateError):
-    """A template cannot be compiled or uses unknown filters or variables. Found at load time."""
+    """A template cannot be compiled or uses unknown filters or variables. Found at load time.
+
+    A ``JsonTemplate`` with several broken leaves raises one error for the first and lists the
+    others in ``more``, so that a config file's every problem is reported at once.
+    """
+
+    more: tuple[TemplateSyntaxError, ...] = ()
 
 
 class TemplateRenderError(TemplateError):

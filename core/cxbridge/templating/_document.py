@@ -88,7 +88,20 @@ def _is_template(text: str) -> bool:
     return "{{" in text or "{%" in text
 
 
-def _compile_document(document: Any, leaf: Leaf, templates: list[TextTemplate]) -> Any:
+def _compile_document(
+    document: Any, leaf: Leaf, templates: list[TextTemplate], errors: list[TemplateSyntaxError]
+) -> Any:
+    """Compile every leaf; a broken one is recorded in ``errors`` and compiling goes on."""
+    try:
+        return _compile_node(document, leaf, templates, errors)
+    except TemplateSyntaxError as err:
+        errors.append(err)
+        return _Const(None)
+
+
+def _compile_node(
+    document: Any, leaf: Leaf, templates: list[TextTemplate], errors: list[TemplateSyntaxError]
+) -> Any:
     if isinstance(document, str):
         if not _is_template(document):
             return _Const(document)
@@ -115,7 +128,10 @@ def _compile_document(document: Any, leaf: Leaf, templates: list[TextTemplate]) 
         return _Const(document.isoformat())
     if isinstance(document, list | tuple):
         return _List(
-            [_compile_document(item, (*leaf, i), templates) for i, item in enumerate(document)]
+            [
+                _compile_document(item, (*leaf, i), templates, errors)
+                for i, item in enumerate(document)
+            ]
         )
     if isinstance(document, Mapping):
         items: list[tuple[Any, Any]] = []
@@ -131,7 +147,7 @@ def _compile_document(document: Any, leaf: Leaf, templates: list[TextTemplate]) 
                 key_node: Any = _Text(key_template)
             else:
                 key_node = _Const(text_key)
-            items.append((key_node, _compile_document(value, (*leaf, text_key), templates)))
+            items.append((key_node, _compile_document(value, (*leaf, text_key), templates, errors)))
         return _Dict(items)
     raise TemplateSyntaxError(f"a JSON document cannot hold a {type(document).__name__}", path=leaf)
 
@@ -155,7 +171,12 @@ class JsonTemplate(_PydanticTemplate):
     def __init__(self, document: Any) -> None:
         self.document = document
         self._templates: list[TextTemplate] = []
-        self._root = _compile_document(document, (), self._templates)
+        errors: list[TemplateSyntaxError] = []
+        self._root = _compile_document(document, (), self._templates, errors)
+        if errors:
+            first, *rest = errors
+            first.more = tuple(rest)
+            raise first
 
     def _source_value(self) -> Any:
         return self.document

@@ -34,16 +34,9 @@ class _PydanticTemplate:
         try:
             return cls._from_source(value)
         except TemplateSyntaxError as err:
-            raise PydanticCustomError(
-                "template_syntax",
-                "{message}",
-                {
-                    "message": err.message,
-                    "line": err.line,
-                    "column": err.column,
-                    "path": list(err.path or ()),
-                },
-            ) from None
+            ctx = _error_context(err)
+            ctx["more"] = [_error_context(other) for other in err.more]
+            raise PydanticCustomError("template_syntax", "{message}", ctx) from None
 
     @classmethod
     def __get_pydantic_core_schema__(
@@ -81,3 +74,12 @@ class _PydanticTemplate:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._source_value()!r})"
+
+
+def _error_context(err: TemplateSyntaxError) -> dict[str, Any]:
+    return {
+        "message": err.message,
+        "line": err.line,
+        "column": err.column,
+        "path": list(err.path or ()),
+    }
