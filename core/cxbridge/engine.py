@@ -127,6 +127,7 @@ class Engine:
             return self._kill(record, destination, f"destination disabled: {disabled}")
 
         started = self.clock.now()
+        first_attempt_at = record.first_attempt_at or started
         delivery = Delivery(
             id=record.id,
             tenant=record.tenant,
@@ -135,7 +136,7 @@ class Engine:
             event_type=record.event_type,
             attempt=record.attempts + 1,
             payload=record.payload,
-            first_attempt_at=record.first_attempt_at or started,
+            first_attempt_at=first_attempt_at,
         )
         timer = time.perf_counter()
         outcome = self._call_deliver(delivery, destination)
@@ -148,7 +149,7 @@ class Engine:
             policy = destination.retry_for(record.event_type)
             next_at = policy.next_attempt_at(
                 attempt=delivery.attempt,
-                first_attempt_at=delivery.first_attempt_at or started,
+                first_attempt_at=first_attempt_at,
                 now=now,
                 retry_after=outcome.retry_after,
             )
@@ -165,8 +166,7 @@ class Engine:
             enqueued_at=next_at if short else None,
         )
         if short and next_at is not None:
-            delay_ms = max(0, math.ceil((next_at - now).total_seconds() * 1000))
-            self.actor.send_with_options(args=(record.id,), delay=delay_ms)
+            self._send_in(record.id, (next_at - now).total_seconds())
         if dead_reason is not None:
             self.hooks.on_delivery_failed(delivery, destination, dead_reason)
         return outcome
@@ -183,8 +183,11 @@ class Engine:
             return  # another worker is attempting it right now
         remaining = (record.next_attempt_at - now).total_seconds()
         if remaining <= self.short_delay:
-            delay_ms = max(0, math.ceil(remaining * 1000))
-            self.actor.send_with_options(args=(delivery_id,), delay=delay_ms)
+            self._send_in(delivery_id, remaining)
+
+    def _send_in(self, delivery_id: str, seconds: float) -> None:
+        """Enqueue with a broker delay, rounded up: a message must not arrive before it is due."""
+        self.actor.send_with_options(args=(delivery_id,), delay=max(0, math.ceil(seconds * 1000)))
 
     def _call_deliver(self, delivery: Delivery, destination: Destination) -> Outcome:
         try:
