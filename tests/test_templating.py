@@ -397,7 +397,7 @@ def test_check_variables_accepts_envelope_tenant_destination_lists_and_sizes() -
         "{{ event.id }} {{ event.occurredAt }} {{ tenant }} {{ destination.name }}"
         " {{ qi.rubric[0].criterion }} {{ qi.rubric.first.score }} {{ qi.rubric.size }}"
         " {{ call.agent.name }} {{ call.from }} {{ now }}"
-        " {% for r in qi.rubric %}{{ r.anything }}{% endfor %}{% assign a = 1 %}{{ a }}"
+        " {% for r in qi.rubric %}{{ r.criterion }}{% endfor %}{% assign a = 1 %}{{ a }}"
     )
     assert check_variables(TextTemplate(source), ["quality_score"]) == []
 
@@ -418,6 +418,72 @@ def test_check_variables_on_a_condition() -> None:
 def test_check_variables_explains_a_step_into_a_plain_value() -> None:
     (error,) = check_variables(TextTemplate("{{ call.direction.name }}"), ["call_create"])
     assert "call.direction" in error.message
+
+
+def test_check_variables_flags_a_misspelt_loop_variable_field_with_position_and_hint() -> None:
+    errors = check_variables(
+        TextTemplate("{% for r in qi.rubric %}\n  {{ r.scor }}{% endfor %}"), ["quality_score"]
+    )
+    assert len(errors) == 1
+    assert "'r.scor'" in errors[0].message and "item of qi.rubric" in errors[0].message
+    assert "did you mean 'r.score'?" in errors[0].message
+    assert (errors[0].line, errors[0].column) == (2, 6)
+
+
+def test_check_variables_flags_a_loop_variable_typo_in_a_json_leaf_with_the_leaf_path() -> None:
+    template = JsonTemplate(
+        {"items": ["{% for a in ai.actionItems %}{{ a.txt }} {{ a.dueDate }}{% endfor %}"]}
+    )
+    (error,) = check_variables(template, ["call_summary"])
+    assert "did you mean 'a.text'?" in error.message
+    assert (error.path, error.line, error.column) == (("items", 0), 1, 33)
+
+
+def test_check_variables_accepts_declared_loop_variable_fields_and_forloop() -> None:
+    source = (
+        "{% for r in qi.rubric reversed limit: 2 %}{{ r.score }} {{ r.comment }} {{ r.criterion }}"
+        " {{ r.max }} {{ r }} {{ r.size }} {{ forloop.index }} {{ forloop.last }}{% endfor %}"
+        "{% tablerow c in qi.rubric %}{{ c.score }} {{ tablerowloop.col }}{% endtablerow %}"
+    )
+    assert check_variables(TextTemplate(source), ["quality_score"]) == []
+    intents = "{% for i in ai.intents %}{{ i.name }} {{ i.confidence }}{% endfor %}"
+    assert check_variables(TextTemplate(intents), ["call_outcome"]) == []
+
+
+def test_check_variables_resolves_nested_loops_to_their_own_items() -> None:
+    source = (
+        "{% for r in qi.rubric %}{% for i in ai.intents %}"
+        "{{ r.score }} {{ i.name }} {{ i.scor }}"
+        "{% for c in r.criterion %}{{ c.size }} {{ c.name }}{% endfor %}"
+        "{% for r in ai.intents %}{{ r.confidence }}{% endfor %}"
+        "{% endfor %}{{ r.nam }}{% endfor %}"
+    )
+    errors = check_variables(TextTemplate(source), ["call_outcome", "quality_score"])
+    assert [e.message.split(" (")[0] for e in errors] == [
+        "unknown variable 'i.scor'",
+        "unknown variable 'c.name'",
+        "unknown variable 'r.nam'",
+    ]
+    assert "'c' is text" in errors[1].message
+    assert "'r' has: comment, criterion, max, score" in errors[2].message
+
+
+def test_check_variables_does_not_guess_items_of_non_lists_and_unknown_iterables() -> None:
+    source = (
+        "{% for x in qi.score %}{{ x.a }}{% endfor %}"  # a number: the loop never runs
+        "{% for x in call.agent %}{{ x[0] }} {{ x.a }}{% endfor %}"  # a model: [key, value] pairs
+        "{% for x in destination.items %}{{ x.a }}{% endfor %}"  # the destination's own
+        "{% assign rs = qi.rubric %}{% for x in rs %}{{ x.a }}{% endfor %}"  # an assign
+        "{% for x in qi.rubric %}{{ x.score }}{% else %}{{ x.a }}{% endfor %}"  # else: no item
+    )
+    assert check_variables(TextTemplate(source), ["quality_score"]) == []
+    unknown = TextTemplate("{% for x in qi.rubrics %}{{ x.a }}{% endfor %}")
+    (error,) = check_variables(unknown, ["quality_score"])
+    assert "'qi.rubrics'" in error.message and "did you mean 'qi.rubric'?" in error.message
+    (error,) = check_variables(
+        TextTemplate("{% for i in (1..3) %}{{ i }}{{ i.a }}{% endfor %}"), ["quality_score"]
+    )
+    assert "'i' is a plain value" in error.message
 
 
 # --- pydantic fields -----------------------------------------------------------------------------

@@ -11,7 +11,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from liquid import BoundTemplate
+from liquid import BoundTemplate, RenderContext
+from liquid.ast import Node
+from liquid.builtin.expressions import Path
+from liquid.builtin.expressions.primitive import RangeLiteral
+from liquid.builtin.tags.for_tag import ForNode
+from liquid.builtin.tags.tablerow_tag import TablerowNode
+from liquid.expression import Expression
 from pydantic import BaseModel
 
 from cxbridge.errors import TemplateSyntaxError
@@ -126,13 +132,13 @@ def _event_shape(event_type: str) -> _Shape:
     return _Shape("model", fields=fields)
 
 
-def _resolve(shape: _Shape, path: tuple[str | int, ...]) -> tuple[int, list[str]] | None:
-    """None if ``path`` exists in ``shape``; else how far it got and the names that fit there."""
+def _follow(shape: _Shape, path: tuple[str | int, ...]) -> _Shape | tuple[int, list[str]]:
+    """The shape at ``path`` in ``shape``; else how far it got and the names that fit there."""
     for depth, segment in enumerate(path):
         if shape.kind == _ANY:
-            return None
+            return shape
         if segment == "size" and shape.kind in ("list", _STRING, "model"):
-            return None if depth == len(path) - 1 else (depth + 1, [])
+            return _Shape(_SCALAR) if depth == len(path) - 1 else (depth + 1, [])
         if shape.kind == "list":
             assert shape.item is not None
             if isinstance(segment, int) or segment in ("first", "last"):
@@ -146,7 +152,135 @@ def _resolve(shape: _Shape, path: tuple[str | int, ...]) -> tuple[int, list[str]
                 continue
             return depth, list(shape.fields or ())
         return depth, ["size"] if shape.kind == _STRING else []
-    return None
+    return shape
+
+
+def _resolve(shape: _Shape, path: tuple[str | int, ...]) -> tuple[int, list[str]] | None:
+    """None if ``path`` exists in ``shape``; else how far it got and the names that fit there."""
+    found = _follow(shape, path)
+    return None if isinstance(found, _Shape) else found
+
+
+def _items(shape: _Shape) -> _Shape:
+    """What a ``for`` over a value of ``shape`` binds its variable to, one item at a time."""
+    if shape.kind == "list":
+        assert shape.item is not None
+        return shape.item
+    if shape.kind == _STRING:  # a string loops once, as itself
+        return shape
+    return _Shape(_ANY)  # a model loops over [key, value] pairs; a number or bool not at all
+
+
+# --- loop variables: what a `for` binds its name to ----------------------------------------------
+
+
+class _Each:
+    """A step into the items of a list, in :attr:`_Loop.steps`."""
+
+    __slots__ = ()
+
+
+_EACH = _Each()
+
+
+@dataclass(frozen=True, slots=True)
+class _Loop:
+    """A loop variable: an item of ``source`` (the iterable as written). ``steps`` is the
+    iterable's path from the event, ``_EACH`` stepping into the items of an outer loop's list and,
+    last, of this one; ``None`` for a range (its items are numbers)."""
+
+    source: str
+    steps: tuple[str | int | _Each, ...] | None
+
+    def item_shape(self, event: _Shape) -> _Shape | None:
+        """The shape of one item in ``event``; None if the iterable is not in it."""
+        if self.steps is None:
+            return _Shape(_SCALAR)
+        shape, chunk = event, list[str | int]()
+        for step in self.steps:
+            if not isinstance(step, _Each):
+                chunk.append(step)
+                continue
+            found = _follow(shape, tuple(chunk))
+            if not isinstance(found, _Shape):
+                return None
+            shape, chunk = _items(found), []
+        return shape
+
+
+def _loop_variables(template: BoundTemplate, source: _Source) -> list[tuple[VariableRef, _Loop]]:
+    """Every use of a ``for``/``tablerow`` variable inside its loop, with what it loops over.
+
+    Names resolve as Liquid does at render time: the innermost loop first, then assigns, then the
+    context. ``forloop``, ``tablerowloop``, a loop's ``else`` block and loops over an assign, a
+    literal or a dynamic index are not followed (their variables stay the template's own).
+    """
+    found: list[tuple[VariableRef, _Loop]] = []
+    frames: list[dict[str, _Loop | None]] = []
+    assigned: set[str] = set()
+    static_context = RenderContext(template)
+
+    def bound(name: object) -> tuple[bool, _Loop | None]:
+        """Whether ``name`` is a block's own (a loop variable, ``forloop``), and its loop."""
+        for frame in reversed(frames):
+            if isinstance(name, str) and name in frame:
+                return True, frame[name]
+        return False, None
+
+    def binding(iterable: Expression) -> _Loop | None:
+        if isinstance(iterable, RangeLiteral):
+            return _Loop(str(iterable), None)
+        if not isinstance(iterable, Path):
+            return None
+        path = [segment for segment in iterable.path if not isinstance(segment, Path)]
+        if len(path) != len(iterable.path):  # a dynamic index: its items are unknown
+            return None
+        in_loop, outer = bound(path[0])
+        if in_loop:
+            if outer is None or outer.steps is None:
+                return None
+            return _Loop(str(iterable), (*outer.steps, *path[1:], _EACH))
+        if path[0] in assigned:
+            return None
+        return _Loop(str(iterable), (*path, _EACH))
+
+    def expression(expr: Expression) -> None:
+        if isinstance(expr, Path):
+            loop = bound(expr.path[0])[1]
+            if loop is not None:
+                path: list[str | int] = []
+                for segment in expr.path:
+                    if isinstance(segment, Path):
+                        break
+                    path.append(segment)
+                line, column = source.position(expr.token.start_index)
+                found.append((VariableRef(tuple(path), line, column, source.leaf), loop))
+        names = [str(name) for name in expr.scope()]
+        if names:
+            frames.append(dict.fromkeys(names))
+        for child in expr.children():
+            expression(child)
+        if names:
+            frames.pop()
+
+    def visit(node: Node) -> None:
+        for expr in node.expressions():
+            expression(expr)
+        assigned.update(str(name) for name in node.template_scope())
+        names = [str(name) for name in node.block_scope()]
+        frame: dict[str, _Loop | None] = dict.fromkeys(names)
+        if isinstance(node, ForNode | TablerowNode):
+            loop = binding(node.expression.iterable)
+            frame[node.expression.identifier] = loop
+        for child in node.children(static_context, include_partials=False):
+            in_block = isinstance(node, ForNode | TablerowNode) and child is node.block
+            frames.append(frame if in_block else dict.fromkeys(names))
+            visit(child)
+            frames.pop()
+
+    for node in template.nodes:
+        visit(node)
+    return found
 
 
 def _dotted(path: Iterable[str | int]) -> str:
@@ -159,38 +293,76 @@ def check_variables(
     """Check every variable a template uses against the event models of ``event_types``.
 
     A path is unknown when none of the given event types has it (wire names: ``call.externalId``).
-    ``event.*`` (the envelope), ``tenant`` and ``destination.*`` are always there; loop variables
-    and assigns are the template's own. Each error carries line, column and (in a JsonTemplate) the
-    leaf ``path``, and suggests a close name where there is one.
+    ``event.*`` (the envelope), ``tenant`` and ``destination.*`` are always there; assigns are the
+    template's own. A loop variable is checked as an item of what it loops over (``r.score`` in
+    ``{% for r in qi.rubric %}``: a RubricItem field); ``forloop`` is Liquid's. Each error carries
+    line, column and (in a JsonTemplate) the leaf ``path``, and suggests a close name where there
+    is one.
     """
     types_ = sorted(set(event_types))
     shapes = [_event_shape(t) for t in types_]
     errors: list[TemplateSyntaxError] = []
-    for ref in template.variables():
-        if not ref.path or ref.path[0] in _BUILTIN_ROOTS:
-            continue
-        misses = [_resolve(shape, ref.path) for shape in shapes]
-        if not shapes or any(miss is None for miss in misses):
-            continue
-        depth = max(miss[0] for miss in misses if miss is not None)
-        candidates = sorted(
-            {name for miss in misses if miss is not None and miss[0] == depth for name in miss[1]}
-        )
-        known = _dotted(ref.path[:depth])
-        wrong = ref.path[depth] if depth < len(ref.path) else ""
-        message = f"unknown variable '{_dotted(ref.path)}': not in {' or '.join(types_)} events"
-        close = difflib.get_close_matches(str(wrong), candidates, n=1, cutoff=0.6)
-        if close:
-            message += f"; did you mean '{_dotted((*ref.path[:depth], close[0]))}'?"
-        elif candidates == ["size"]:
-            message += f"; '{known}' is text"
-        elif candidates:
-            message += f"; {'names here' if not depth else repr(known) + ' has'}: " + ", ".join(
-                candidates[:15]
-            )
-        elif depth:
-            message += f"; '{known}' is a plain value"
-        errors.append(
-            TemplateSyntaxError(message, line=ref.line, column=ref.column, path=ref.leaf_path)
-        )
+    if not shapes:
+        return errors
+    for part in _parts(template):
+        refs: list[tuple[VariableRef, _Loop | None]] = [
+            (ref, None) for ref in _variables(part._template, part._src)
+        ]
+        refs += _loop_variables(part._template, part._src)
+        refs.sort(key=lambda item: (item[0].line, item[0].column))
+        for ref, loop in refs:
+            error = _check(ref, loop, types_, shapes)
+            if error is not None:
+                errors.append(error)
     return errors
+
+
+def _parts(template: TextTemplate | JsonTemplate | Condition) -> list[TextTemplate | Condition]:
+    from cxbridge.templating._document import JsonTemplate
+
+    return list(template._templates) if isinstance(template, JsonTemplate) else [template]
+
+
+def _check(
+    ref: VariableRef, loop: _Loop | None, types_: list[str], shapes: list[_Shape]
+) -> TemplateSyntaxError | None:
+    """The error for ``ref`` (a loop variable's, if ``loop``), or None if some event has it."""
+    if loop is None:
+        if not ref.path or ref.path[0] in _BUILTIN_ROOTS:
+            return None
+        starts, path, offset = shapes, ref.path, 0
+    else:  # `r.scor` in a loop over `qi.rubric`: `scor` in the items of qi.rubric
+        starts = [s for s in (loop.item_shape(shape) for shape in shapes) if s is not None]
+        if not starts:  # the iterable is in no event: reported on its own
+            return None
+        path, offset = ref.path[1:], 1
+    misses = [_resolve(shape, path) for shape in starts]
+    if any(miss is None for miss in misses):
+        return None
+    depth = offset + max(miss[0] for miss in misses if miss is not None)
+    candidates = sorted(
+        {
+            name
+            for miss in misses
+            if miss is not None and offset + miss[0] == depth
+            for name in miss[1]
+        }
+    )
+    known = _dotted(ref.path[:depth])
+    wrong = ref.path[depth] if depth < len(ref.path) else ""
+    message = f"unknown variable '{_dotted(ref.path)}'"
+    if loop is not None:
+        message += f" ({ref.path[0]} is an item of {loop.source})"
+    message += f": not in {' or '.join(types_)} events"
+    close = difflib.get_close_matches(str(wrong), candidates, n=1, cutoff=0.6)
+    if close:
+        message += f"; did you mean '{_dotted((*ref.path[:depth], close[0]))}'?"
+    elif candidates == ["size"]:
+        message += f"; '{known}' is text"
+    elif candidates:
+        message += f"; {'names here' if not depth else repr(known) + ' has'}: " + ", ".join(
+            candidates[:15]
+        )
+    elif depth:
+        message += f"; '{known}' is a plain value"
+    return TemplateSyntaxError(message, line=ref.line, column=ref.column, path=ref.leaf_path)
