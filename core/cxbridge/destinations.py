@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from cxbridge.retry import RetryPolicy
+
 if TYPE_CHECKING:
-    from cxbridge.retry import RetryPolicy
     from cxbridge.templating import Condition
 
 __all__ = ["Destination", "DestinationType"]
@@ -53,6 +54,4 @@ class Destination:
         return event_type in self.events
 
     def retry_for(self, event_type: str) -> RetryPolicy:
-        from cxbridge.retry import RetryPolicy
-
         return self.retry_by_event.get(event_type) or self.retry or RetryPolicy()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import itertools
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -45,18 +46,19 @@ class VariableRef:
         return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in self.path).lstrip(".")
 
 
+def _static_prefix(segments: Iterable[Any], dynamic: type) -> tuple[str | int, ...]:
+    """The leading segments of a variable path up to its first dynamic one (``a[b].c`` → ``a``)."""
+    return tuple(itertools.takewhile(lambda segment: not isinstance(segment, dynamic), segments))
+
+
 def _variables(template: BoundTemplate, source: _Source) -> list[VariableRef]:
     refs: list[VariableRef] = []
     analysis = template.analyze(include_partials=False)
     for variables in analysis.globals.values():
         for var in variables:
-            path: list[str | int] = []
-            for segment in var.segments:
-                if isinstance(segment, list):
-                    break
-                path.append(segment)
             line, column = source.position(var.span.index)
-            refs.append(VariableRef(tuple(path), line, column, source.leaf))
+            path = _static_prefix(var.segments, list)
+            refs.append(VariableRef(path, line, column, source.leaf))
     refs.sort(key=lambda r: (r.line, r.column))
     return refs
 
@@ -248,13 +250,9 @@ def _loop_variables(template: BoundTemplate, source: _Source) -> list[tuple[Vari
         if isinstance(expr, Path):
             loop = bound(expr.path[0])[1]
             if loop is not None:
-                path: list[str | int] = []
-                for segment in expr.path:
-                    if isinstance(segment, Path):
-                        break
-                    path.append(segment)
                 line, column = source.position(expr.token.start_index)
-                found.append((VariableRef(tuple(path), line, column, source.leaf), loop))
+                path = _static_prefix(expr.path, Path)
+                found.append((VariableRef(path, line, column, source.leaf), loop))
         names = [str(name) for name in expr.scope()]
         if names:
             frames.append(dict.fromkeys(names))
