@@ -7,7 +7,12 @@ loses nothing and sends nothing twice at once (a delivery is leased while an att
 The retry decision is ours, not Dramatiq's ``Retries`` middleware (which cannot stop "24 hours after the
 first attempt"): each failed attempt stores ``next_attempt_at``; short waits are handed to the broker as a
 delay, long ones wait in the store until the scheduler enqueues them. The scheduler also re-enqueues
-deliveries whose message was lost or whose worker died.
+deliveries whose message was lost or whose worker died. Every started engine runs a scheduler thread;
+the one that holds the store's scheduler lock sweeps (:mod:`cxbridge.election`).
+
+Outages: a broker that is away makes no call fail once the store has committed (the scheduler sends
+what could not be sent); a store that is away fails ``accept`` with ``StoreUnavailableError`` and
+makes the broker retry a message later instead of dead-lettering it.
 """
 
 from __future__ import annotations
@@ -27,18 +32,24 @@ from cxbridge.brokers import broker_from_url
 from cxbridge.clock import Clock, SystemClock
 from cxbridge.config import TenantConfig, load_config_dir
 from cxbridge.destinations import Destination
+from cxbridge.election import Election
 from cxbridge.events import Event
 from cxbridge.outcome import Delivery, Outcome, OutcomeKind
 from cxbridge.plugins import PluginManager, load_plugins
 from cxbridge.routing import Accepted, Router
 from cxbridge.settings import Settings
 from cxbridge.store import EXCERPT_LIMIT, PENDING, AttemptRecord, DeliveryRecord, Store
+from cxbridge.watchdog import ThreadWatchdog
 
 __all__ = ["ACTOR_NAME", "QUEUE_NAME", "Engine"]
 
 log = logging.getLogger(__name__)
 ACTOR_NAME = "cxbridge_deliver"
 QUEUE_NAME = "cxbridge"  # the default of CXBRIDGE_QUEUE_NAME
+
+
+def _retry_when_store_unavailable(retries: int, exception: BaseException) -> bool:
+    return isinstance(exception, dramatiq.Retry)
 
 
 class Engine:
@@ -51,6 +62,8 @@ class Engine:
     :param lost_after: a delivery enqueued this long ago and still not attempted is enqueued again.
     :param short_delay: waits up to this many seconds go to the broker as a delay; longer ones wait in
         the store for the scheduler.
+    :param scheduler_lock_seconds: on SQLite, how long the scheduler's lock outlives its holder's
+        last renewal (see :mod:`cxbridge.election`).
     """
 
     def __init__(
@@ -66,6 +79,7 @@ class Engine:
         lost_after: float | None = None,
         short_delay: float | None = None,
         queue_name: str | None = None,
+        scheduler_lock_seconds: float = 5.0,
     ) -> None:
         self.settings = settings or Settings()
         self.clock = clock or SystemClock()
@@ -84,16 +98,25 @@ class Engine:
         self.short_delay = self.settings.short_delay if short_delay is None else short_delay
         self.queue_name = self.settings.queue_name if queue_name is None else queue_name
         self.router = Router(self.store, self.hooks, self.tenants, self.enqueue)
-        # max_retries=0: the retry decision is ours (see the module docstring), not Dramatiq's.
+        # The retry decision is ours (see the module docstring), not Dramatiq's: the broker retries
+        # a message only when the store was unavailable (``dramatiq.Retry``), with a backoff of
+        # 1 s doubling to 60 s; any other error fails the message.
         self.actor: dramatiq.Actor[[str], None] = dramatiq.Actor(
             self._deliver_message,
             broker=self.broker,
             actor_name=ACTOR_NAME,
             queue_name=self.queue_name,
             priority=0,
-            options={"max_retries": 0},
+            options={
+                "max_retries": 0,
+                "retry_when": _retry_when_store_unavailable,
+                "min_backoff": 1000,
+                "max_backoff": 60_000,
+            },
         )
+        self.scheduler_lock_seconds = scheduler_lock_seconds
         self._worker: Any = None
+        self.watchdog: ThreadWatchdog | None = None  # while started
         self._stop = threading.Event()
         self._scheduler: threading.Thread | None = None
 
@@ -103,15 +126,47 @@ class Engine:
         """Store an event, fan it out to its destinations and enqueue the deliveries."""
         return self.router.accept(event)
 
-    def enqueue(self, delivery_ids: Sequence[str]) -> None:
-        for delivery_id in delivery_ids:
-            self.actor.send(delivery_id)
-        self.store.mark_enqueued(delivery_ids)
+    def enqueue(self, delivery_ids: Sequence[str]) -> int:
+        """Send one message per delivery, then mark the sent ones enqueued; returns how many were
+        sent. Never raises: while the broker is away the rest stay "not enqueued" in the store, and
+        the scheduler sends them once it is back."""
+        sent: list[str] = []
+        try:
+            for delivery_id in delivery_ids:
+                self.actor.send(delivery_id)
+                sent.append(delivery_id)
+        except Exception as exc:  # each broker's client raises its own types (redis, pika, sqlite3)
+            log.warning(
+                "broker unavailable, %d of %d message(s) left for the scheduler to send: %s: %s",
+                len(delivery_ids) - len(sent),
+                len(delivery_ids),
+                type(exc).__name__,
+                exc,
+            )
+        try:
+            self.store.mark_enqueued(sent)
+        except Exception as exc:
+            if not self.store.is_database_error(exc):
+                raise
+            # Sent but not marked: the scheduler may send them once more, which the lease absorbs.
+            log.warning("store unavailable, %d sent message(s) not marked: %s", len(sent), exc)
+        return len(sent)
 
     # -- one attempt -----------------------------------------------------------------------------
 
     def _deliver_message(self, delivery_id: str) -> None:
-        self.process(delivery_id)
+        try:
+            self.process(delivery_id)
+        except Exception as exc:
+            if not self.store.is_database_error(exc):
+                raise
+            # Not a failed message: the broker keeps it and retries it with a backoff, instead of
+            # dead-lettering a delivery the store still holds as pending (or even delivered).
+            cause = getattr(exc, "orig", None) or exc
+            log.warning(
+                "delivery %s: store unavailable, message retried later: %s", delivery_id, cause
+            )
+            raise dramatiq.Retry(f"store unavailable: {type(cause).__name__}") from exc
 
     def process(self, delivery_id: str) -> Outcome | None:
         """Make one attempt of a delivery if it is pending and due; ``None`` if there was nothing to do."""
@@ -186,8 +241,19 @@ class Engine:
             self._send_in(delivery_id, remaining)
 
     def _send_in(self, delivery_id: str, seconds: float) -> None:
-        """Enqueue with a broker delay, rounded up: a message must not arrive before it is due."""
-        self.actor.send_with_options(args=(delivery_id,), delay=max(0, math.ceil(seconds * 1000)))
+        """Enqueue with a broker delay, rounded up: a message must not arrive before it is due.
+        While the broker is away the scheduler finds the delivery lost and sends it again."""
+        try:
+            self.actor.send_with_options(
+                args=(delivery_id,), delay=max(0, math.ceil(seconds * 1000))
+            )
+        except Exception as exc:  # the broker client's own types
+            log.warning(
+                "broker unavailable, retry of %s left for the scheduler: %s: %s",
+                delivery_id,
+                type(exc).__name__,
+                exc,
+            )
 
     def _call_deliver(self, delivery: Delivery, destination: Destination) -> Outcome:
         try:
@@ -232,40 +298,53 @@ class Engine:
     # -- scheduling ------------------------------------------------------------------------------
 
     def sweep(self) -> int:
-        """Enqueue deliveries that are due, or whose message was lost. Returns how many."""
-        ids = self.store.due(lost_after=self.lost_after)
-        self.enqueue(ids)
-        return len(ids)
+        """Enqueue deliveries that are due, or whose message was lost. Returns how many were sent."""
+        return self.enqueue(self.store.due(lost_after=self.lost_after))
 
     def purge(self) -> int:
         """Delete finished deliveries older than the retention period."""
         cutoff = self.clock.now() - timedelta(days=self.settings.retention_days)
         return self.store.purge(cutoff)
 
-    def _schedule_loop(self, interval: float) -> None:
+    def _schedule_loop(self, election: Election, interval: float) -> None:
+        """Campaign every ``interval`` seconds; sweep (and purge hourly) only while leading."""
         last_purge = 0.0
-        while not self._stop.wait(interval):
+        while True:
             try:
-                self.sweep()
-                if time.monotonic() - last_purge > 3600:
-                    last_purge = time.monotonic()
-                    self.purge()
+                if election.campaign():
+                    self.sweep()
+                    if time.monotonic() - last_purge > 3600:
+                        last_purge = time.monotonic()
+                        self.purge()
             except Exception:
                 log.exception("scheduler pass failed; trying again in %.1f s", interval)
+            if self._stop.wait(interval):
+                break
+        election.resign()
 
     # -- running ---------------------------------------------------------------------------------
 
     def start(self, *, threads: int = 4, scheduler: bool = True, interval: float = 1.0) -> None:
-        """Start worker threads (and the scheduler) in this process. :meth:`stop` ends them."""
+        """Start worker threads, their watchdog and the scheduler thread in this process.
+        :meth:`stop` ends them.
+
+        The scheduler thread of every process campaigns for the scheduler lock in the store
+        (:mod:`cxbridge.election`) every ``interval`` seconds and sweeps only while it holds it;
+        a leader that dies is replaced within ``scheduler_lock_seconds`` plus ``interval``."""
         self._stop.clear()
         self._worker = dramatiq.Worker(
             self.broker, worker_threads=threads, queues={self.queue_name}
         )
         self._worker.start()
+        self.watchdog = ThreadWatchdog(self._worker, interval=interval)
+        self.watchdog.start()
         if scheduler:
-            self.sweep()
+            election = Election(self.store, ttl=self.scheduler_lock_seconds)
             self._scheduler = threading.Thread(
-                target=self._schedule_loop, args=(interval,), name="cxbridge-scheduler", daemon=True
+                target=self._schedule_loop,
+                args=(election, interval),
+                name="cxbridge-scheduler",
+                daemon=True,
             )
             self._scheduler.start()
 
@@ -274,6 +353,9 @@ class Engine:
         if self._scheduler is not None:
             self._scheduler.join(timeout)
             self._scheduler = None
+        if self.watchdog is not None:
+            self.watchdog.stop()  # first: the worker's threads are about to end on purpose
+            self.watchdog = None
         if self._worker is not None:
             self._worker.stop(timeout=int(timeout * 1000))
             self._worker = None

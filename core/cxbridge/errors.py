@@ -16,6 +16,7 @@ __all__ = [
     "EventValidationError",
     "PluginError",
     "SignatureError",
+    "StoreUnavailableError",
     "TemplateError",
     "TemplateRenderError",
     "TemplateSyntaxError",
@@ -136,3 +137,9 @@ class DeliveryError(CxbridgeError):
 
 class SignatureError(CxbridgeError):
     """A webhook signature is missing, malformed, stale or does not match."""
+
+
+class StoreUnavailableError(CxbridgeError):
+    """The store (database) could not be written or read right now: it is down or unreachable, its
+    disk is full, or it is locked. Nothing was stored by the call that raised it; the same call
+    may be repeated once the store is back (accepting an event is idempotent on its id)."""

@@ -3,18 +3,23 @@
 ``on_event`` hooks observe the event; each destination whose ``events`` list and ``when`` condition match
 gets its payload rendered once by ``transform``; the event and its deliveries are stored in one
 transaction, then enqueued. The same event id again fans out nothing new.
+
+Errors: :meth:`Router.accept` raises only cxbridge errors, and only when nothing was stored. Once the
+event and its deliveries are committed it returns, whatever the broker does: a delivery whose message
+could not be sent stays "not enqueued" in the store, and the scheduler sends it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from cxbridge.config import TenantConfig
 from cxbridge.destinations import Destination
-from cxbridge.errors import CxbridgeError, TemplateError
+from cxbridge.errors import CxbridgeError, StoreUnavailableError, TemplateError
 from cxbridge.events import Event
 from cxbridge.outcome import Delivery, Payload
 from cxbridge.plugins import Hooks
@@ -58,12 +63,15 @@ class Accepted:
 
 
 class Router:
+    """Fans events out. ``enqueue`` sends the deliveries' messages; it must not raise (what it cannot
+    send, it leaves unmarked in the store for the scheduler)."""
+
     def __init__(
         self,
         store: Store,
         hooks: Hooks,
         tenants: Mapping[str, TenantConfig],
-        enqueue: Callable[[Sequence[str]], None],
+        enqueue: Callable[[Sequence[str]], object],
     ) -> None:
         self.store = store
         self.hooks = hooks
@@ -78,8 +86,9 @@ class Router:
                 tenant=event.tenant,
                 event_id=event.id,
             )
-        if self.store.has_event(event.tenant, event.id):
-            return self._duplicate(event)
+        with self._storing(event):
+            if self.store.has_event(event.tenant, event.id):
+                return self._duplicate(event)
         self.hooks.on_event(event, event.tenant)
         context = event.template_context(timezone=tenant.timezone)
         new: list[tuple[NewDelivery, Destination]] = []
@@ -104,16 +113,17 @@ class Router:
                 )
             did = delivery_id(event.tenant, event.id, destination.name)
             new.append((NewDelivery(did, destination.name, payload, dead_reason), destination))
-        stored = self.store.add_event(
-            tenant=event.tenant,
-            event_id=event.id,
-            event_type=event.type,
-            occurred_at=event.occurred_at,
-            body=event_body(event),
-            new_deliveries=[n for n, _ in new],
-        )
-        if not stored:  # another process stored it between our check and our insert
-            return self._duplicate(event)
+        with self._storing(event):
+            stored = self.store.add_event(
+                tenant=event.tenant,
+                event_id=event.id,
+                event_type=event.type,
+                occurred_at=event.occurred_at,
+                body=event_body(event),
+                new_deliveries=[n for n, _ in new],
+            )
+            if not stored:  # another process stored it between our check and our insert
+                return self._duplicate(event)
         pending = [n.id for n, _ in new if n.dead_reason is None]
         self.enqueue(pending)
         for n, destination in new:
@@ -125,6 +135,24 @@ class Router:
         return Accepted(
             event.id, False, [n.id for n, _ in new], [n.id for n, _ in new if n.dead_reason]
         )
+
+    @contextlib.contextmanager
+    def _storing(self, event: Event) -> Iterator[None]:
+        """Turn the database's own errors into :class:`StoreUnavailableError`. The event's
+        transaction rolled back, so the caller may send it again."""
+        try:
+            yield
+        except Exception as exc:
+            if not self.store.is_database_error(exc):
+                raise
+            # The driver's own message: SQLAlchemy's adds the statement and its parameters.
+            cause = getattr(exc, "orig", None) or exc
+            raise StoreUnavailableError(
+                f"the store could not save the event ({type(cause).__name__}: {cause}); nothing was "
+                "stored: send the event again once the database is reachable and has space",
+                tenant=event.tenant,
+                event_id=event.id,
+            ) from exc
 
     def _duplicate(self, event: Event) -> Accepted:
         tenant = self.tenants[event.tenant]

@@ -14,6 +14,7 @@ from cxbridge.store._schema import (
     PENDING,
     deliveries,
     metadata,
+    scheduler_lock,
     schema_version,
 )
 from cxbridge.store._store import Store
@@ -34,5 +35,6 @@ __all__ = [  # noqa: RUF022 - grouped by purpose, like dramatiq's
     "EXCERPT_LIMIT",
     "deliveries",
     "metadata",
+    "scheduler_lock",
     "schema_version",
 ]

@@ -19,6 +19,7 @@ __all__ = [
     "disabled_destinations",
     "events",
     "metadata",
+    "scheduler_lock",
     "schema_version",
 ]
 
@@ -97,11 +98,22 @@ disabled_destinations = sa.Table(
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("disabled_at", sa.Float, nullable=False),
 )
+# The scheduler's election on SQLite (cxbridge.election): one row per lock, held until expires_at.
+scheduler_lock = sa.Table(
+    "scheduler_lock",
+    metadata,
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("holder", sa.String(200), nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+)
 schema_version = sa.Table(
     "cxbridge_schema_version", metadata, sa.Column("version", sa.Integer, nullable=False)
 )
 
-# Each migration brings the schema from version i to i + 1. Version 1 is the tables above.
+# Each migration brings the schema from version i to i + 1. Version 1 is the tables above (a new
+# database gets today's tables from it, so later migrations create only what is missing).
 MIGRATIONS: list[Callable[[sa.Connection], None]] = [
-    lambda conn: metadata.create_all(conn, tables=[t for t in metadata.sorted_tables])
+    lambda conn: metadata.create_all(conn, tables=[t for t in metadata.sorted_tables]),
+    # 2: the scheduler's lock row.
+    lambda conn: scheduler_lock.create(conn, checkfirst=True),
 ]

@@ -98,6 +98,14 @@ class Store:
     def now(self) -> float:
         return self.clock.now().timestamp()
 
+    def is_database_error(self, exc: BaseException) -> bool:
+        """Whether ``exc`` came from the database (down, unreachable, disk full, locked, refused a
+        statement), through SQLAlchemy or straight from the driver (the hot path's raw cursors)."""
+        dbapi = self.engine.dialect.dbapi
+        return isinstance(exc, sa.exc.SQLAlchemyError) or (
+            dbapi is not None and isinstance(exc, dbapi.Error)
+        )
+
     def migrate(self) -> int:
         """Apply pending migrations; returns the schema version."""
         with self._write() as conn:
