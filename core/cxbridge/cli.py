@@ -153,13 +153,26 @@ def schema(output: Any) -> None:
 @cli.command()
 @click.option("--threads", default=4, show_default=True, help="Worker threads per process.")
 @click.option("--processes", default=1, show_default=True, help="Worker processes.")
-@click.option("--no-scheduler", is_flag=True, help="Do not run the due/lost scheduler here.")
+@click.option(
+    "--no-scheduler",
+    is_flag=True,
+    help="Do not run a scheduler thread here (by default every process runs one; one is elected).",
+)
 @config_option
 def worker(threads: int, processes: int, no_scheduler: bool, config: Path | None) -> None:
-    """Run delivery workers against $CXBRIDGE_BROKER_URL and $CXBRIDGE_DATABASE_URL."""
-    from cxbridge.workers import run_workers
+    """Run delivery workers against $CXBRIDGE_BROKER_URL and $CXBRIDGE_DATABASE_URL.
 
-    run_workers(_settings(config), processes=processes, threads=threads, scheduler=not no_scheduler)
+    With --processes N a supervisor restarts any worker process that dies. Exit codes: 0 after
+    SIGTERM or SIGINT, 1 when the configuration, the store or the broker is not usable (one line
+    on stderr says which)."""
+    from cxbridge.workers import WorkerStartError, run_workers
+
+    try:
+        run_workers(
+            _settings(config), processes=processes, threads=threads, scheduler=not no_scheduler
+        )
+    except WorkerStartError as exc:
+        _fail(f"cxbridge worker: {exc}")
 
 
 @cli.command()
