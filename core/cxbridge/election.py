@@ -67,8 +67,9 @@ class Election:
             self.leader = False
             return False
         if leader != self.leader:
-            log.info(
-                "scheduler: %s the %s lock (%s)",
+            # Rare, and what an operator looks for after a process died: WARNING, like "worker ready".
+            log.warning(
+                "scheduler: %s the %s lock (holder %s)",
                 "took" if leader else "lost",
                 self.name,
                 self.holder,

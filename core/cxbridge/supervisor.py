@@ -19,6 +19,7 @@ import multiprocessing
 import multiprocessing.connection
 import signal
 import time
+from signal import SIGINT, SIGTERM
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
@@ -96,8 +97,7 @@ class Supervisor:
     def run(self) -> None:
         """Supervise until SIGTERM or SIGINT. Raises :class:`WorkerStartError` if a child stopped
         on a fatal problem (after stopping the others)."""
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._on_signal)
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (SIGINT, SIGTERM)}
         try:
             while not self._stopping:
                 self._start_due()
@@ -106,6 +106,8 @@ class Supervisor:
                 self._reap()
         finally:
             self._stop_all()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         log.warning("received %s: stopping the worker processes", signal.Signals(signum).name)
