@@ -190,9 +190,11 @@ def test_supervisor_restarts_with_backoff_and_stops_on_a_fatal_exit(
 ):
     counter = tmp_path / "runs"
     supervisor = Supervisor(exit_then_fatal, (str(counter),), processes=1)
-    with caplog.at_level(logging.WARNING, logger="cxbridge.supervisor"):
-        with pytest.raises(WorkerStartError, match="tenant file broken: fix it"):
-            supervisor.run()
+    with (
+        caplog.at_level(logging.WARNING, logger="cxbridge.supervisor"),
+        pytest.raises(WorkerStartError, match="tenant file broken: fix it"),
+    ):
+        supervisor.run()
     restarts = [r.getMessage() for r in caplog.records if "restarting" in r.getMessage()]
     assert len(restarts) == 2
     assert "exited with code 3" in restarts[0] and restarts[0].endswith("restarting it in 1 s")
