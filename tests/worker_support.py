@@ -89,3 +89,64 @@ def worker_env(config: Path, database_url: str, broker_url: str, **extra: str) -
         "CXBRIDGE_BROKER_URL": broker_url,
         **extra,
     }
+
+
+class RedisServer:
+    """A ``redis-server`` of the test's own on a free port, without persistence: a restart loses
+    everything in it, as a crashed cache node would. Skips the test if there is no ``redis-server``."""
+
+    def __init__(self, directory: Path) -> None:
+        import shutil
+
+        import pytest
+
+        from tests.http_sink import closed_port
+
+        binary = shutil.which("redis-server")
+        if binary is None:
+            from tests.conftest import REQUIRE_SERVICES
+
+            message = "redis-server is not installed"
+            if REQUIRE_SERVICES:
+                pytest.fail(f"{message}, and CXBRIDGE_REQUIRE_SERVICES=1 requires it")
+            pytest.skip(message)
+        self.binary = binary
+        self.directory = directory
+        self.port = closed_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        import socket
+
+        self.process = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(10)
+            self.process = None

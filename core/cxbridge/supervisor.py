@@ -19,11 +19,11 @@ import multiprocessing
 import multiprocessing.connection
 import signal
 import time
-from signal import SIGINT, SIGTERM
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from multiprocessing.queues import SimpleQueue
+from signal import SIGINT, SIGTERM
 from typing import Any
 
 from cxbridge.errors import CxbridgeError
