@@ -108,6 +108,7 @@ def run_worker_process(
     fatal: SimpleQueue[str] | None = None,
 ) -> None:
     """Run one worker process until SIGINT or SIGTERM; in-flight attempts finish or are requeued.
+    SIGUSR1 logs how many of its consumer and worker threads run (:class:`~cxbridge.watchdog.ThreadHealth`).
 
     As a supervised child (``fatal`` given) it also stops when its parent is gone, and reports a
     start-up problem as one line: a fatal one on ``fatal`` with exit code :data:`FATAL_EXIT`, any
@@ -120,9 +121,10 @@ def run_worker_process(
         logging.basicConfig(
             level=log_level, format="%(levelname)s %(name)s[%(process)d]: %(message)s"
         )
-    stop = threading.Event()
+    stop, report = threading.Event(), threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    signal.signal(signal.SIGUSR1, lambda *_: report.set())
     parent = os.getppid()
     try:
         engine = open_engine(settings)
@@ -144,6 +146,9 @@ def run_worker_process(
         if fatal is not None and os.getppid() != parent:
             log.warning("the supervising process is gone; stopping")
             break
+        if report.is_set() and engine.watchdog is not None:
+            report.clear()
+            log.warning("health: %s", engine.watchdog.health())
     engine.close()
 
 
