@@ -91,7 +91,14 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The store's database URL: a SQLite file, or a clean PostgreSQL database."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'store.db'}"
-    url: str = request.getfixturevalue("_postgres_database")
+    url: str = request.getfixturevalue("postgres_store_url")
+    return url
+
+
+@pytest.fixture
+def postgres_store_url(_postgres_database: str) -> str:
+    """This session's PostgreSQL database, without cxbridge's tables."""
+    url = _postgres_database
     import sqlalchemy as sa
 
     from cxbridge.store import metadata, schema_version

@@ -103,14 +103,7 @@ def case(request: pytest.FixtureRequest, tmp_path: Path):
             "embedded", f"sqlite:///{tmp_path / 'store.db'}", f"sqlite:///{tmp_path / 'broker.db'}"
         )
         return
-    database_url: str = request.getfixturevalue("_postgres_database")
-    from cxbridge.store import metadata, schema_version
-
-    engine = sa.create_engine(database_url)
-    with engine.begin() as conn:
-        metadata.drop_all(conn)
-        schema_version.drop(conn, checkfirst=True)
-    engine.dispose()
+    database_url: str = request.getfixturevalue("postgres_store_url")
     redis = RedisServer(tmp_path)
     redis.start()
     try:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
 from multiprocessing.queues import SimpleQueue
 from pathlib import Path
@@ -40,6 +41,7 @@ def producer(config: Path, env: dict[str, str]) -> Engine:
             config_dir=config,
             database_url=env["CXBRIDGE_DATABASE_URL"],
             broker_url=env["CXBRIDGE_BROKER_URL"],
+            queue_name=env.get("CXBRIDGE_QUEUE_NAME", "cxbridge"),
         )
     )
 
@@ -53,12 +55,26 @@ def wait_delivered(engine: Engine, count: int, timeout: float) -> dict[str, int]
         time.sleep(0.1)
 
 
-def test_a_sigkilled_child_is_logged_and_restarted_and_sigterm_stops_all(tmp_path: Path):
+@pytest.fixture(params=["sqlite", "redis", "rabbitmq"])
+def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'broker.db'}"
+    return str(request.getfixturevalue("redis_url" if request.param == "redis" else "amqp_url"))
+
+
+def test_a_sigkilled_child_is_logged_and_restarted_and_sigterm_stops_all(
+    tmp_path: Path, broker_url: str
+):
     config = tmp_path / "tenants"
     with HttpSink() as sink:
         http_tenant(config, sink.url("/hook"), generate_secret(), "{schedule: [0.5]}")
         env = worker_env(
-            config, f"sqlite:///{tmp_path / 'store.db'}", f"sqlite:///{tmp_path / 'broker.db'}"
+            config,
+            f"sqlite:///{tmp_path / 'store.db'}",
+            broker_url,
+            # A queue of this test's own on a shared Redis or RabbitMQ.
+            CXBRIDGE_QUEUE_NAME=f"cxbridge-test-{uuid.uuid4().hex[:12]}",
+            CXBRIDGE_LOST_AFTER="3",
         )
         worker = WorkerProcess(env, tmp_path / "worker.log", "--processes", "2", "--threads", "2")
         engine = producer(config, env)
@@ -106,8 +122,12 @@ def test_killing_the_scheduler_leader_hands_sweeping_to_another_process(
         try:
             worker.wait_for(READY, 2)
             leader = worker.wait_for(TOOK_LOCK, 1)[0]
-            engine.accept(make_event(event_id="evt-retry"))
-            sink.wait_for(1, timeout=20)  # the first attempt failed: the retry waits in the store
+            (delivery_id,) = engine.accept(make_event(event_id="evt-retry")).delivery_ids
+            # The first attempt failed and is recorded: the retry waits in the store.
+            deadline = time.monotonic() + 20
+            while (record := engine.store.get_delivery(delivery_id)) is None or record.attempts < 1:
+                assert time.monotonic() < deadline, worker.text()
+                time.sleep(0.05)
             os.kill(int(leader), signal.SIGKILL)
             killed_at = time.monotonic()
             counts = wait_delivered(engine, 1, timeout=30)
