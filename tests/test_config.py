@@ -274,3 +274,30 @@ def test_cli_render_reports_bad_input_with_exit_1(tmp_path, monkeypatch):
 
 def _event() -> dict:
     return json.loads((EXAMPLES / "events" / "quality_score.json").read_text())
+
+
+def test_an_unknown_key_suggests_the_nearest_and_hides_no_other_problem(tmp_path, types):
+    path = write(
+        tmp_path,
+        """
+        tenant: acme
+        destination: {}
+        destinations:
+          hook:
+            type: http
+            events: [call_summary]
+            url: https://example.com/hook
+            headerz: {X-A: b}
+            body: {summary: "{{ ai.sumary }}"}
+        """,
+    )
+    problems = problems_of(path, types)
+    assert any(
+        p.startswith(f"{path}:2:1: destination: unknown key — did you mean 'destinations'?")
+        for p in problems
+    ), problems
+    assert f"{path}:8:5: destinations.hook.headerz: unknown key — did you mean 'headers'?" in (
+        problems
+    )
+    # the body's template is still checked in the same run
+    assert any("ai.sumary" in p and "did you mean" in p for p in problems), problems

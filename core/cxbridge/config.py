@@ -194,7 +194,25 @@ class _Loader:
             return "UTC"
         return name
 
-    def _validate(self, model: type[_M], data: Any, where: tuple[str | int, ...]) -> _M | None:
+    def _validate(
+        self,
+        model: type[_M],
+        data: Any,
+        where: tuple[str | int, ...],
+        also_known: tuple[str, ...] = (),
+    ) -> _M | None:
+        """Validate ``data`` against ``model``, reporting every problem. Unknown keys are reported
+        with the nearest known one (``also_known``: keys a sibling model takes) and left out, so
+        that the rest — a template's errors, say — is still checked in the same run."""
+        if model.model_config.get("extra") == "forbid" and isinstance(data, dict):
+            known = [*_keys(model), *also_known]
+            unknown = [key for key in data if key not in known]
+            for key in unknown:
+                hint = difflib.get_close_matches(str(key), known, n=1)
+                suggestion = f" — did you mean {hint[0]!r}?" if hint else ""
+                name = ".".join(str(p) for p in (*where, key))
+                self.problem((*where, key), f"{name}: unknown key{suggestion}", key=True)
+            data = {key: value for key, value in data.items() if key not in unknown}
         try:
             return model.model_validate(data)
         except ValidationError as exc:
@@ -252,7 +270,7 @@ class _Loader:
         if dtype is None:
             return None
         options_data = {k: v for k, v in raw.items() if k not in CORE_DESTINATION_KEYS}
-        options = self._validate(dtype.options, options_data, where)
+        options = self._validate(dtype.options, options_data, where, CORE_DESTINATION_KEYS)
         if options is not None:
             for path, template in _templates(options):
                 self._check_template(template, events, (*where, *path))
@@ -333,6 +351,14 @@ class _Loader:
         self.problems.append(
             ConfigProblem(str(self.path), pos.line, pos.column, f"{field_name}: {message}")
         )
+
+
+def _keys(model: type[BaseModel]) -> list[str]:
+    """The keys a model takes in a file: each field's alias where it has one, else its name."""
+    return [
+        info.validation_alias if isinstance(info.validation_alias, str) else info.alias or name
+        for name, info in model.model_fields.items()
+    ]
 
 
 def _templates(
