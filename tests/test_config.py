@@ -301,3 +301,23 @@ def test_an_unknown_key_suggests_the_nearest_and_hides_no_other_problem(tmp_path
     )
     # the body's template is still checked in the same run
     assert any("ai.sumary" in p and "did you mean" in p for p in problems), problems
+
+
+def test_an_unsigned_http_destination_loads_with_a_positioned_warning(tmp_path, types):
+    path = write(
+        tmp_path,
+        """
+        tenant: acme
+        destinations:
+          hook:
+            type: http
+            events: [call_summary]
+            url: https://example.com/hook
+        """,
+    )
+    tenant = load_tenant(path, types, {})
+    assert "hook" in tenant.destinations
+    (warning,) = tenant.warnings
+    assert str(warning).startswith(f"{path}:3:3: destinations.hook: warning: no `secrets`")
+    result = CliRunner().invoke(cli, ["validate", str(path)])
+    assert result.exit_code == 0 and "warning: no `secrets`" in result.stderr

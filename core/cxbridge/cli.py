@@ -161,6 +161,8 @@ def validate(path: Path | None) -> None:
             f"{settings.config_dir}: no tenant files (*.yaml, *.yml) here; is it the right folder?"
         )
     for tenant in tenants.values():
+        for warning in tenant.warnings:
+            click.echo(str(warning), err=True)
         click.echo(
             f"{tenant.file}: tenant {tenant.name}, {len(tenant.destinations)} destination(s)"
         )

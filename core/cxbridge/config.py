@@ -24,6 +24,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import os
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +84,9 @@ class TenantConfig:
     timezone: str = "UTC"
     api_key_hashes: frozenset[str] = frozenset()
     destinations: dict[str, Destination] = field(default_factory=dict)
+    #: What loads but is probably a mistake (e.g. unsigned webhooks): plugins say so with
+    #: ``warnings.warn`` while their options are validated.
+    warnings: tuple[ConfigProblem, ...] = ()
 
     def destinations_for(self, event_type: str) -> list[Destination]:
         return [d for d in self.destinations.values() if d.accepts(event_type)]
@@ -138,6 +142,7 @@ class _Loader:
         self.types = types
         self.env = env
         self.problems: list[ConfigProblem] = []
+        self.warnings: list[ConfigProblem] = []
         self.doc = Located(None)
 
     def problem(self, where: tuple[str | int, ...], message: str, *, key: bool = False) -> None:
@@ -184,6 +189,7 @@ class _Loader:
                 for key in tenant.api_keys
             ),
             destinations=destinations,
+            warnings=tuple(self.warnings),
         )
 
     def _check_timezone(self, name: str) -> str:
@@ -270,7 +276,13 @@ class _Loader:
         if dtype is None:
             return None
         options_data = {k: v for k, v in raw.items() if k not in CORE_DESTINATION_KEYS}
-        options = self._validate(dtype.options, options_data, where, CORE_DESTINATION_KEYS)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            options = self._validate(dtype.options, options_data, where, CORE_DESTINATION_KEYS)
+        for warning in caught:
+            pos = self.doc.position(where, key=True)
+            message = f"destinations.{name}: warning: {warning.message}"
+            self.warnings.append(ConfigProblem(str(self.path), pos.line, pos.column, message))
         if options is not None:
             for path, template in _templates(options):
                 self._check_template(template, events, (*where, *path))
