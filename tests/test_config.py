@@ -321,3 +321,24 @@ def test_an_unsigned_http_destination_loads_with_a_positioned_warning(tmp_path, 
     assert str(warning).startswith(f"{path}:3:3: destinations.hook: warning: no `secrets`")
     result = CliRunner().invoke(cli, ["validate", str(path)])
     assert result.exit_code == 0 and "warning: no `secrets`" in result.stderr
+
+
+def test_validate_names_the_subscribed_event_type_a_template_variable_is_missing_from(
+    tmp_path, types
+):
+    path = write(
+        tmp_path,
+        """
+        tenant: acme
+        destinations:
+          hook:
+            type: http
+            events: [call_summary, quality_score]
+            url: https://example.com/hook
+            body: {summary: "{{ ai.summary }}", score: "{{ qi.score | default: nil }}"}
+        """,
+    )
+    (problem,) = problems_of(path, types)
+    assert problem.startswith(
+        f"{path}:6:27: destinations.hook.body.summary: 'ai.summary' is not in quality_score events"
+    ), problem

@@ -345,6 +345,9 @@ class _Loader:
         events: set[str],
         where: tuple[str | int, ...],
     ) -> None:
+        # A template under a per-event-type key (``mappings: {call_summary: ...}``) renders only
+        # for that type.
+        events = {key for key in where if key in events} or events
         for error in check_variables(template, events):
             self._template_problem(where, error.path, error.line, error.column, error.message)
 
