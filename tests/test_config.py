@@ -340,5 +340,5 @@ def test_validate_names_the_subscribed_event_type_a_template_variable_is_missing
     )
     (problem,) = problems_of(path, types)
     assert problem.startswith(
-        f"{path}:6:27: destinations.hook.body.summary: 'ai.summary' is not in quality_score events"
+        f"{path}:7:25: destinations.hook.body.summary: 'ai.summary' is not in quality_score events"
     ), problem
