@@ -18,6 +18,8 @@ SECRET = "whsec_dxmwFQS0TgDPyR6kgzuQA5WQjwi5c8kQNYydh2B11qM="
 EXAMPLE_ENV = {
     "ACME_API_KEY": "demo-key",
     "ACME_WEBHOOK_URL": "http://127.0.0.1:9/hook",
+    "ACME_ESCALATION_URL": "http://127.0.0.1:9/escalations",
+    "ACME_TICKETS_URL": "http://127.0.0.1:9/tickets",
     "ACME_WEBHOOK_SECRET": SECRET,
 }
 EXAMPLES = Path(__file__).parent.parent / "examples"
@@ -197,7 +199,7 @@ def test_env_references_are_substituted_and_dollar_dollar_escapes(tmp_path, type
 
 def test_the_example_tenant_is_valid(types):
     tenants = load_config_dir(EXAMPLES / "tenants", types, EXAMPLE_ENV)
-    assert set(tenants["acme"].destinations) == {"qa-webhook", "escalations"}
+    assert set(tenants["acme"].destinations) == {"qa-webhook", "escalations", "tickets"}
     assert tenants["acme"].timezone == "Europe/Berlin"
 
 

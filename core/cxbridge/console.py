@@ -12,6 +12,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from cxbridge.outcome import OutcomeKind
 from cxbridge.store import DEAD, DELIVERED, PENDING, DeliveryRecord
 
 __all__ = [
@@ -26,7 +27,11 @@ __all__ = [
 ]
 
 STATUS_STYLE = {DELIVERED: "green", PENDING: "yellow", DEAD: "bold red"}
-OUTCOME_STYLE = {"ok": "green", "retry": "yellow", "permanent": "red"}
+OUTCOME_STYLE = {
+    OutcomeKind.DELIVERED: "green",
+    OutcomeKind.RETRY: "yellow",
+    OutcomeKind.PERMANENT: "red",
+}
 
 
 def when(value: datetime | float | None) -> str:
