@@ -28,6 +28,7 @@ def test_exported_names():
             "parse_retry_after",
             "ConfigError",
             "ConfigProblem",
+            "ConfigWarning",
             "CxbridgeError",
             "DeliveryError",
             "EventValidationError",

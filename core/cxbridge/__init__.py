@@ -7,6 +7,7 @@ from cxbridge.destinations import Destination, DestinationType
 from cxbridge.errors import (
     ConfigError,
     ConfigProblem,
+    ConfigWarning,
     CxbridgeError,
     DeliveryError,
     EventValidationError,
@@ -59,6 +60,7 @@ __all__ = [  # noqa: RUF022 - grouped by purpose, like dramatiq's
     # errors
     "ConfigError",
     "ConfigProblem",
+    "ConfigWarning",
     "CxbridgeError",
     "DeliveryError",
     "EventValidationError",

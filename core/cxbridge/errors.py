@@ -74,6 +74,12 @@ class ConfigProblem:
         return f"{self.file}:{self.line}:{self.column}: {self.message}"
 
 
+class ConfigWarning(UserWarning):
+    """Something in a tenant file that loads but is probably a mistake. A plugin's options model
+    warns with it (``warnings.warn(..., ConfigWarning)``) while it validates; ``cxbridge validate``
+    prints each one with its file, line and column, and the file still loads."""
+
+
 class ConfigError(CxbridgeError):
     """A tenant configuration is invalid. ``problems`` lists every problem found, not just the first."""
 

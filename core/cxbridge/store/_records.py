@@ -105,6 +105,8 @@ class DeliveryFilter:
     since: datetime | None = None
     until: datetime | None = None
     ids: Sequence[str] | None = None
+    #: Only deliveries whose row changed at or after this time (``cxbridge deliveries --follow``).
+    updated_since: datetime | None = None
 
     def where(self) -> list[sa.ColumnElement[bool]]:
         c = deliveries.c
@@ -123,4 +125,6 @@ class DeliveryFilter:
             clauses.append(c.created_at < self.until.timestamp())
         if self.ids is not None:
             clauses.append(c.id.in_(list(self.ids)))
+        if self.updated_since is not None:
+            clauses.append(c.updated_at >= self.updated_since.timestamp())
         return clauses

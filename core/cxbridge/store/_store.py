@@ -364,13 +364,44 @@ class Store:
         return DeliveryRecord.from_row(row) if row is not None else None
 
     def list_deliveries(
-        self, where: DeliveryFilter, limit: int | None = None
+        self, where: DeliveryFilter, limit: int | None = None, *, newest: bool = False
     ) -> list[DeliveryRecord]:
-        query = deliveries.select().where(*where.where()).order_by(deliveries.c.created_at)
+        """Matching deliveries in the order they were created; with ``newest``, the last ``limit``
+        of them (still oldest first)."""
+        created = deliveries.c.created_at
+        order = (created.desc(), deliveries.c.id.desc()) if newest else (created, deliveries.c.id)
+        query = deliveries.select().where(*where.where()).order_by(*order)
         if limit is not None:
             query = query.limit(limit)
         with self._reader.connect() as conn:
-            return [DeliveryRecord.from_row(r) for r in conn.execute(query)]
+            records = [DeliveryRecord.from_row(r) for r in conn.execute(query)]
+        return records[::-1] if newest else records
+
+    def list_events(
+        self,
+        *,
+        tenant: str | None = None,
+        event_type: str | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """The newest events first, each with how many of its deliveries are in each status."""
+        e, c = events.c, deliveries.c
+        query = sa.select(e.tenant, e.id, e.type, e.occurred_at, e.received_at)
+        for column, value in ((e.tenant, tenant), (e.type, event_type)):
+            if value is not None:
+                query = query.where(column == value)
+        if since is not None:
+            query = query.where(e.received_at >= since.timestamp())
+        query = query.order_by(e.received_at.desc()).limit(limit)
+        with self._reader.connect() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(query)]
+            for row in rows:
+                counts = sa.select(c.status, sa.func.count()).where(
+                    c.tenant == row["tenant"], c.event_id == row["id"]
+                )
+                row["deliveries"] = dict(conn.execute(counts.group_by(c.status)).all())
+        return rows
 
     def count_deliveries(self, where: DeliveryFilter) -> int:
         query = sa.select(sa.func.count()).select_from(deliveries).where(*where.where())

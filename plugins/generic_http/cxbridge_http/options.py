@@ -17,6 +17,7 @@ Example::
 from __future__ import annotations
 
 import re
+import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -32,6 +33,7 @@ from pydantic import (
     model_validator,
 )
 
+from cxbridge import ConfigWarning
 from cxbridge.signing import parse_secret
 from cxbridge.templating import JsonTemplate, TextTemplate
 
@@ -241,6 +243,14 @@ class HttpOptions(BaseModel):
         has_auth_header = any(name.lower() == "authorization" for name in self.headers)
         if has_auth_header and self.auth.type != "none":
             raise ValueError(f"headers.Authorization conflicts with auth.type {self.auth.type!r}")
+        if not self.secrets:
+            # Loads (a receiver may authenticate otherwise), but `cxbridge validate` says so.
+            warnings.warn(
+                "no `secrets`: webhooks go out unsigned and the receiver cannot verify them; "
+                "add `secrets: [${...}]` (make one with `cxbridge secret`)",
+                ConfigWarning,
+                stacklevel=2,
+            )
         return self
 
     def active_secrets(self, now: datetime | None = None) -> list[str]:

@@ -279,15 +279,13 @@ class Sender:
                 status_code=status,
                 response_excerpt=excerpt,
             )
-        outcome = outcome_for_status(
-            status, retry_after=response.header("Retry-After"), excerpt=excerpt
+        return outcome_for_status(
+            status,
+            retry_after=response.header("Retry-After"),
+            excerpt=excerpt,
+            reason=response.reason_phrase,
+            origin=host,
         )
-        if not outcome.ok and outcome.error:
-            reason = response.reason_phrase
-            outcome = replace(
-                outcome, error=f"{outcome.error}{' ' + reason if reason else ''} from {host}"
-            )
-        return outcome
 
     @staticmethod
     def _excerpt(response: SentResponse, limit: int, deadline: float) -> str | None:
