@@ -140,7 +140,9 @@ def test_salesforce_instance_resolving_to_loopback_is_refused_without_a_connecti
     assert listener.connections() == 0
 
     # allowed, the connection is made (and fails TLS on this plain socket, a retry)
-    allowed = salesforce(access_token(url, allow_networks=LOOPBACK, read_timeout=0.5, connect_timeout=0.5))
+    allowed = salesforce(
+        access_token(url, allow_networks=LOOPBACK, read_timeout=0.5, connect_timeout=0.5)
+    )
     outcome = deliver(cxbridge_salesforce, LIFECYCLE["call_create"], allowed)
     assert outcome.kind is OutcomeKind.RETRY
     assert listener.connections() == 1
@@ -185,7 +187,9 @@ def test_zendesk_subdomain_resolving_to_loopback_is_refused_without_a_connection
     assert "refused: acme.zd.example -> 127.0.0.1 is a loopback address" in (outcome.error or "")
     assert listener.connections() == 0
 
-    allowed = zendesk({**options, "allow_networks": LOOPBACK, "read_timeout": 0.5, "connect_timeout": 0.5})
+    allowed = zendesk(
+        {**options, "allow_networks": LOOPBACK, "read_timeout": 0.5, "connect_timeout": 0.5}
+    )
     outcome = deliver(cxbridge_zendesk, make_event("call_create"), allowed)
     assert outcome.kind is OutcomeKind.RETRY  # connected; TLS fails on this plain socket
     assert listener.connections() == 1

@@ -26,6 +26,7 @@ def test_exported_names():
             "TextTemplate",
             "outcome_for_status",
             "parse_retry_after",
+            "AllowNetworks",
             "GuardedSession",
             "GuardedTransport",
             "NetworkPolicy",

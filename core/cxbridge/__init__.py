@@ -31,7 +31,7 @@ from cxbridge.events import (
     parse_event,
 )
 from cxbridge.hookspecs import hookimpl
-from cxbridge.outbound import GuardedTransport, NetworkPolicy, guard_outcome
+from cxbridge.outbound import AllowNetworks, GuardedTransport, NetworkPolicy, guard_outcome
 from cxbridge.outcome import Delivery, Outcome, OutcomeKind, Payload
 from cxbridge.retry import RetryPolicy, outcome_for_status, parse_retry_after
 from cxbridge.templating import Condition, JsonTemplate, TextTemplate
@@ -66,6 +66,7 @@ __all__ = [  # noqa: RUF022 - grouped by purpose, like dramatiq's
     "outcome_for_status",
     "parse_retry_after",
     # the outbound guard, for every connection a plugin opens
+    "AllowNetworks",
     "GuardedSession",
     "GuardedTransport",
     "NetworkPolicy",

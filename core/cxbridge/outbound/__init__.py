@@ -15,7 +15,9 @@ naming the ``Location``. :func:`guard_outcome` turns the guard's errors into out
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
+
+from pydantic import Field, IPvAnyNetwork
 
 from cxbridge.errors import AddressRefused, RedirectRefused, ResolutionFailed
 from cxbridge.outbound._httpx import GuardedTransport
@@ -25,7 +27,18 @@ from cxbridge.outcome import Outcome
 if TYPE_CHECKING:
     from cxbridge.outbound._requests import GuardedSession
 
-__all__ = ["GuardedSession", "GuardedTransport", "NetworkPolicy", "guard_outcome"]
+__all__ = ["AllowNetworks", "GuardedSession", "GuardedTransport", "NetworkPolicy", "guard_outcome"]
+
+# The ``allow_networks`` option every plugin's options model declares, feeding NetworkPolicy.
+AllowNetworks = Annotated[
+    list[IPvAnyNetwork],
+    Field(
+        default_factory=list,
+        description="Networks (CIDR) this destination may reach besides public addresses, e.g. "
+        "[10.20.0.0/16] for an endpoint on an internal network; cloud metadata addresses need "
+        "a rule naming them exactly (169.254.169.254/32).",
+    ),
+]
 
 
 def guard_outcome(exc: BaseException) -> Outcome | None:

@@ -28,13 +28,12 @@ from pydantic import (
     ConfigDict,
     Field,
     FilePath,
-    IPvAnyNetwork,
     SecretStr,
     field_validator,
     model_validator,
 )
 
-from cxbridge import JsonTemplate, NetworkPolicy
+from cxbridge import AllowNetworks, JsonTemplate, NetworkPolicy
 
 __all__ = [
     "API_NAME",
@@ -227,11 +226,7 @@ class SalesforceOptions(_Model):
         "Salesforce's hosts: a corporate proxy, a mock or a local test server. Plain http:// only "
         "to a host inside allow_networks.",
     )
-    allow_networks: list[IPvAnyNetwork] = Field(
-        default_factory=list,
-        description="Networks (CIDR) this destination may reach besides public addresses, e.g. "
-        "[10.20.0.0/16] for an endpoint on an internal network.",
-    )
+    allow_networks: AllowNetworks
 
     @field_validator("escalation_emotions", mode="after")
     @classmethod

@@ -25,9 +25,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from cxbridge import JsonTemplate, NetworkPolicy
+from cxbridge import AllowNetworks, JsonTemplate, NetworkPolicy
 
 __all__ = [
     "EscalationOptions",
@@ -126,11 +126,7 @@ class ZendeskOptions(_Strict):
         "a corporate proxy, a mock or a local test server. Plain http:// only to a host inside "
         "allow_networks.",
     )
-    allow_networks: list[IPvAnyNetwork] = Field(
-        default_factory=list,
-        description="Networks (CIDR) this destination may reach besides public addresses, e.g. "
-        "[10.20.0.0/16] for an endpoint on an internal network.",
-    )
+    allow_networks: AllowNetworks
     connect_timeout: float = Field(5, gt=0, le=60, description="Seconds to connect.")
     read_timeout: float = Field(15, gt=0, le=300, description="Seconds to wait for each answer.")
 
