@@ -167,6 +167,10 @@ EMBEDDED_INTERNAL = [
     "2002:7f00:1::1",
     "2002:c0a8:101::1",
     "2001:0:4136:e378:8000:63bf:3fff:fdd2",  # Teredo: refused outright
+    "::ffff:0:7f00:1",  # SIIT IPv4-translated
+    "::ffff:0:a9fe:a9fe",
+    "2600::5efe:7f00:1",  # ISATAP
+    "2600::200:5efe:a9fe:a9fe",
 ]
 
 
@@ -179,7 +183,8 @@ def test_every_embedded_ipv4_spelling_of_an_internal_host_is_refused_under_an_ip
 
 
 @pytest.mark.parametrize(
-    "address", ["64:ff9b::7f00:1", "::127.0.0.1", "2002:7f00:1::1", "64:ff9b::a9fe:a9fe"]
+    "address",
+    ["64:ff9b::7f00:1", "::127.0.0.1", "2002:7f00:1::1", "64:ff9b::a9fe:a9fe", "::ffff:0:7f00:1"],
 )
 def test_a_relayed_form_of_loopback_is_not_loopback_under_an_ipv4_allow_rule(address: str) -> None:
     # NAT64 and 6to4 reach 127.0.0.1 of a relay, off this host: 127.0.0.0/8 does not admit them

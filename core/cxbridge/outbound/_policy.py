@@ -7,7 +7,8 @@ consulted:
 - IPv4-mapped ``::ffff:a.b.c.d`` *is* the IPv4 host (the kernel connects to it over IPv4): it is
   checked as ``a.b.c.d``, against IPv4 rules only, so ``::/0`` never admits it.
 - Forms that reach an IPv4 host through a translator or relay (IPv4-compatible ``::a.b.c.d``,
-  NAT64 ``64:ff9b::/96``, 6to4 ``2002::/16``) reach it *from that relay*, off this host: the
+  SIIT ``::ffff:0:a.b.c.d``, NAT64 ``64:ff9b::/96``, 6to4 ``2002::/16``, ISATAP ``…:5efe:a.b.c.d``)
+  reach it *from that relay*, off this host: the
   embedded IPv4 must be public by the default rules (an IPv4 rule such as ``127.0.0.0/8`` does
   not apply, since it names networks near this host), and the IPv6 address must pass too.
 - Forms whose IPv4 target cannot be read reliably (Teredo ``2001::/32``, local-use NAT64
@@ -51,6 +52,7 @@ _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
 _TEREDO = ipaddress.IPv6Network("2001::/32")
 _COMPATIBLE = ipaddress.IPv6Network("::/96")
+_SIIT = ipaddress.IPv6Network("::ffff:0:0:0/96")
 # Instance metadata and platform endpoints that hand out credentials: AWS (IMDS IPv4 and IPv6,
 # ECS task metadata), GCP (IPv6), Azure (IMDS, WireServer), Oracle, Alibaba, Tencent.
 METADATA = frozenset(
@@ -116,8 +118,13 @@ def _relayed_ipv4(address: ipaddress.IPv6Address) -> tuple[str, ipaddress.IPv4Ad
         return "NAT64", ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
     if address.sixtofour is not None:
         return "6to4", address.sixtofour
+    low = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
     if address in _COMPATIBLE and int(address) > 1:  # not :: or ::1, which are IPv6's own
-        return "IPv4-compatible IPv6", ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        return "IPv4-compatible IPv6", low
+    if address in _SIIT:
+        return "SIIT IPv4-translated IPv6", low
+    if (int(address) >> 32) & 0xFDFFFFFF == 0x5EFE:  # interface id 0000:5efe or 0200:5efe
+        return "ISATAP", low
     return None
 
 
