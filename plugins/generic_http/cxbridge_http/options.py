@@ -27,13 +27,12 @@ from pydantic import (
     ConfigDict,
     Field,
     FilePath,
-    IPvAnyNetwork,
     SecretStr,
     field_validator,
     model_validator,
 )
 
-from cxbridge import ConfigWarning
+from cxbridge import AllowNetworks, ConfigWarning
 from cxbridge.signing import parse_secret
 from cxbridge.templating import JsonTemplate, TextTemplate
 
@@ -196,10 +195,7 @@ class HttpOptions(BaseModel):
     )
     auth: Auth = Field(default_factory=NoAuth)
     timeout: Timeout = Field(default_factory=Timeout)
-    allow_networks: list[IPvAnyNetwork] = Field(
-        default_factory=list,
-        description="CIDRs the SSRF guard lets through (e.g. 10.0.0.0/8 for an internal endpoint).",
-    )
+    allow_networks: AllowNetworks
     max_response_excerpt: int = Field(16 * 1024, ge=0, le=1024 * 1024)
 
     @field_validator("method", mode="before")
