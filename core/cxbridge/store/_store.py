@@ -15,9 +15,11 @@ from cxbridge.outcome import Payload
 from cxbridge.store._connect import create_engines, normalize_database_url
 from cxbridge.store._records import (
     AttemptRecord,
+    DeadLetter,
     DeliveryFilter,
     DeliveryRecord,
     NewDelivery,
+    ReplayReset,
     _ts,
 )
 from cxbridge.store._schema import (
@@ -402,39 +404,103 @@ class Store:
 
     def reset_for_replay(
         self, ids: Sequence[str], payloads: dict[str, Payload] | None = None
-    ) -> None:
-        """Make deliveries pending again with a fresh retry window, due now."""
+    ) -> ReplayReset:
+        """Make finished (delivered or dead) deliveries pending again with a fresh retry window, due
+        now. A delivery that is still pending (waiting for its next attempt, or leased by a running
+        one) is left alone and reported: resetting it would let a second worker send it while the
+        first attempt runs. The check and the reset are one statement, so a lease cannot slip in
+        between."""
         now = self.now()
+        c = deliveries.c
+        wanted = list(ids)
         with self._write() as conn:
-            conn.execute(
-                deliveries.update()
-                .where(deliveries.c.id.in_(list(ids)))
-                .values(
-                    status=PENDING,
-                    first_attempt_at=None,
-                    next_attempt_at=now,
-                    enqueued_at=None,
-                    lease_until=None,
-                    updated_at=now,
-                )
-            )
-            conn.execute(
-                dead_letters.update()
-                .where(
-                    dead_letters.c.delivery_id.in_(list(ids)), dead_letters.c.replayed_at.is_(None)
-                )
-                .values(replayed_at=now)
-            )
-            for delivery_id, payload in (payloads or {}).items():
+            reset = list(
                 conn.execute(
                     deliveries.update()
-                    .where(deliveries.c.id == delivery_id)
+                    .where(
+                        c.id.in_(wanted),
+                        c.status.in_([DELIVERED, DEAD]),
+                        sa.or_(c.lease_until.is_(None), c.lease_until <= now),
+                    )
+                    .values(
+                        status=PENDING,
+                        first_attempt_at=None,
+                        next_attempt_at=now,
+                        enqueued_at=None,
+                        lease_until=None,
+                        updated_at=now,
+                    )
+                    .returning(c.id)
+                ).scalars()
+            )
+            skipped = conn.execute(
+                sa.select(c.id, c.lease_until).where(c.id.in_(wanted), c.id.not_in(reset))
+            ).all()
+            conn.execute(
+                dead_letters.update()
+                .where(dead_letters.c.delivery_id.in_(reset), dead_letters.c.replayed_at.is_(None))
+                .values(replayed_at=now)
+            )
+            for delivery_id in reset:
+                payload = (payloads or {}).get(delivery_id)
+                if payload is None:
+                    continue
+                conn.execute(
+                    deliveries.update()
+                    .where(c.id == delivery_id)
                     .values(
                         body=payload.body,
                         content_type=payload.content_type,
                         meta=json.dumps(payload.meta),
                     )
                 )
+        leased = [i for i, until in skipped if until is not None and until > now]
+        return ReplayReset(reset, [i for i, _ in skipped if i not in leased], leased)
+
+    # -- the outbox of on_delivery_failed ----------------------------------------------------------
+
+    def claim_dead_letters(
+        self,
+        *,
+        claim_seconds: float,
+        delivery_ids: Sequence[str] | None = None,
+        older_than: float | None = None,
+        limit: int = 100,
+    ) -> list[DeadLetter]:
+        """Claim dead letters whose hooks have not run and that nobody holds (never claimed, or the
+        claim ran out): of these deliveries, and/or dead at least ``older_than`` seconds ago. The
+        claim is one conditional UPDATE, so two dispatchers never both get a row."""
+        now = self.now()
+        d = dead_letters.c
+        free = (
+            d.hooks_done_at.is_(None),
+            sa.or_(d.hooks_claimed_until.is_(None), d.hooks_claimed_until < now),
+        )
+        candidates = sa.select(d.id).where(*free)
+        if delivery_ids is not None:
+            candidates = candidates.where(d.delivery_id.in_(list(delivery_ids)))
+        if older_than is not None:
+            candidates = candidates.where(d.dead_at <= now - older_than)
+        # Not correlated: the subquery reads dead_letters on its own, then the UPDATE re-checks.
+        candidates = candidates.order_by(d.id).limit(limit).correlate(None)
+        claim = (
+            dead_letters.update()
+            .where(d.id.in_(candidates), *free)
+            .values(hooks_claimed_until=now + claim_seconds)
+            .returning(d.id, d.delivery_id, d.reason)
+        )
+        with self._write() as conn:
+            rows = conn.execute(claim).all()
+        return sorted((DeadLetter(*row) for row in rows), key=lambda letter: letter.id)
+
+    def finish_dead_letter(self, dead_letter_id: int) -> None:
+        """Mark a dead letter's hooks as run."""
+        with self._write() as conn:
+            conn.execute(
+                dead_letters.update()
+                .where(dead_letters.c.id == dead_letter_id)
+                .values(hooks_done_at=self.now(), hooks_claimed_until=None)
+            )
 
     def purge(self, older_than: datetime) -> int:
         """Delete finished deliveries (and their attempts, dead letters and events) last updated
