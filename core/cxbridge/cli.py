@@ -166,7 +166,12 @@ def worker(threads: int, processes: int, no_scheduler: bool, config: Path | None
 @click.option("--tenant", "-t", help="Only this tenant.")
 @click.option("--destination", "-d", help="Only this destination.")
 @click.option("--event-type", "-e", help="Only this event type.")
-@click.option("--status", default="dead", show_default=True, help="dead, pending or delivered.")
+@click.option(
+    "--status",
+    default="dead",
+    show_default=True,
+    help="dead or delivered (pending deliveries are counted, never reset).",
+)
 @click.option("--since", type=click.DateTime(), help="Created at or after (UTC).")
 @click.option("--until", type=click.DateTime(), help="Created before (UTC).")
 @click.option("--id", "ids", multiple=True, help="One delivery id (repeatable).")
@@ -187,7 +192,10 @@ def replay(
     yes: bool,
     config: Path | None,
 ) -> None:
-    """Send matching deliveries again (by default: dead letters)."""
+    """Send matching deliveries again (by default: dead letters).
+
+    Deliveries still pending (waiting for their next attempt, or being attempted right now) are
+    skipped and counted: only dead or delivered ones are replayed."""
     from cxbridge.engine import Engine
     from cxbridge.replay import replay as run_replay
     from cxbridge.store import DeliveryFilter
@@ -210,7 +218,7 @@ def replay(
         click.confirm(f"Replay {count} deliveries?", abort=True)
     with click.progressbar(length=count, label="replaying") as bar:
         done = run_replay(engine, where, rerender=rerender, progress=bar.update)
-    click.echo(f"{done} deliveries enqueued again")
+    click.echo(str(done))
 
 
 @cli.command()

@@ -59,7 +59,9 @@ class Store:
         self.is_sqlite = self.url.startswith("sqlite")
         # Writes go through ``self.engine`` inside :meth:`_write`; reads through ``self._reader``.
         self.engine, self._reader, self._write_lock, self._insert = create_engines(self.url)
-        self._insert_event = self._insert(events).on_conflict_do_nothing()
+        # RETURNING, not rowcount: SQLAlchemy does not keep an INSERT's rowcount on psycopg (-1),
+        # which made a concurrent accept of one event id on PostgreSQL insert its deliveries twice.
+        self._insert_event = self._insert(events).on_conflict_do_nothing().returning(events.c.id)
         dialect = self.engine.dialect
         self._lease_sql = _Compiled(_LEASE, dialect)
         self._insert_attempt_sql = _Compiled(_INSERT_ATTEMPT, dialect, _ATTEMPT_KEYS)
@@ -150,8 +152,8 @@ class Store:
                     "received_at": now,
                     "body": body,
                 },
-            ).rowcount
-            if not inserted:
+            ).first()
+            if inserted is None:
                 return False
             rows = []
             dead = []
