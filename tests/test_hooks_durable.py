@@ -24,6 +24,7 @@ from cxbridge.plugins import PluginManager
 from cxbridge.replay import replay
 from cxbridge.routing import Accepted
 from cxbridge.store import DeliveryFilter
+from cxbridge.store._schema import _add_dead_letter_outbox
 from tests.engine_support import MakeEngine, make_event
 from tests.scripted_plugin import ScriptedPlugin
 
@@ -328,3 +329,28 @@ def test_replay_skips_a_delivery_whose_attempt_is_running(
     )
     assert engine.process(running) is None  # the lease still holds: no second sender
     assert plugin.calls == []
+
+
+# -- upgrading a store -----------------------------------------------------------------------------
+
+
+def test_upgrading_a_version_1_store_does_not_call_hooks_for_old_dead_letters(
+    make_engine: MakeEngine, tmp_path: Path, store_url: str
+):
+    engine, plugin, clock = make_engine(
+        tmp_path, plugin=ScriptedPlugin(default=PERMANENT), database_url=store_url
+    )
+    (delivery_id,) = engine.accept(make_event("call_summary")).delivery_ids
+    engine.process(delivery_id)
+    with engine.store.engine.begin() as conn:  # back to the version 1 table, this dead letter kept
+        conn.exec_driver_sql("DROP INDEX ix_dead_letters_hooks")
+        for column in ("hooks_done_at", "hooks_claimed_until"):
+            conn.exec_driver_sql(f"ALTER TABLE dead_letters DROP COLUMN {column}")
+
+    with engine.store.engine.begin() as conn:
+        _add_dead_letter_outbox(conn)
+    (letter,) = engine.store.dead_letters_of(delivery_id)
+    assert letter["hooks_done_at"] == letter["dead_at"]
+    clock.advance(CLAIM_SECONDS + 1)
+    assert engine.outbox.dispatch_left_over() == 0
+    assert len(plugin.failed) == 1  # only the call made when it died
