@@ -16,8 +16,10 @@ from typing import Any
 
 import pluggy
 import pytest
+import sqlalchemy.exc
 
 from cxbridge import Delivery, Destination, Outcome, hookimpl
+from cxbridge.clock import FakeClock
 from cxbridge.engine import Engine
 from cxbridge.outbox import CLAIM_SECONDS
 from cxbridge.plugins import PluginManager
@@ -37,6 +39,18 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 20.0) ->
     while not condition():
         assert time.monotonic() < deadline, f"gave up waiting for {what}"
         time.sleep(0.02)
+
+
+def one_dead_letter(
+    make_engine: MakeEngine, tmp_path: Path, store_url: str, plugin: ScriptedPlugin | None = None
+) -> tuple[Engine, ScriptedPlugin, FakeClock, str]:
+    """An engine whose one delivery died of a permanent failure."""
+    engine, plugin, clock = make_engine(
+        tmp_path, plugin=plugin or ScriptedPlugin(default=PERMANENT), database_url=store_url
+    )
+    (delivery_id,) = engine.accept(make_event("call_summary")).delivery_ids
+    engine.process(delivery_id)
+    return engine, plugin, clock, delivery_id
 
 
 def hooks_pending(engine: Engine, delivery_id: str) -> bool:
@@ -109,6 +123,28 @@ def test_a_crash_after_the_dead_commit_still_calls_on_delivery_failed_once(
     assert reason == "permanent: HTTP 400"
 
 
+def test_a_store_error_after_the_dead_commit_leaves_the_hooks_to_the_scheduler(
+    make_engine: MakeEngine, tmp_path: Path, store_url: str, monkeypatch: pytest.MonkeyPatch
+):
+    engine, plugin, clock = make_engine(
+        tmp_path, plugin=ScriptedPlugin(default=PERMANENT), database_url=store_url
+    )
+    (delivery_id,) = engine.accept(make_event("call_summary")).delivery_ids
+    claim = engine.store.claim_dead_letters
+
+    def database_hiccup(**kwargs: Any) -> Any:
+        monkeypatch.setattr(engine.store, "claim_dead_letters", claim)
+        raise sqlalchemy.exc.OperationalError("UPDATE dead_letters", {}, Exception("locked"))
+
+    monkeypatch.setattr(engine.store, "claim_dead_letters", database_hiccup)
+
+    assert engine.process(delivery_id) == PERMANENT  # the worker hears no store error
+    assert plugin.failed == [] and hooks_pending(engine, delivery_id)
+    clock.advance(CLAIM_SECONDS + 1)
+    assert engine.outbox.dispatch_left_over() == 1
+    assert [d.id for d, _ in plugin.failed] == [delivery_id]
+
+
 def test_two_schedulers_never_both_dispatch_one_dead_letter(
     make_engine: MakeEngine, tmp_path: Path, store_url: str, monkeypatch: pytest.MonkeyPatch
 ):
@@ -150,11 +186,9 @@ def test_two_schedulers_never_both_dispatch_one_dead_letter(
 def test_a_raising_hook_is_logged_and_not_called_again(
     make_engine: MakeEngine, tmp_path: Path, store_url: str, caplog: pytest.LogCaptureFixture
 ):
-    plugin = PagerDown(default=PERMANENT)
-    engine, plugin, clock = make_engine(tmp_path, plugin=plugin, database_url=store_url)
-    (delivery_id,) = engine.accept(make_event("call_summary")).delivery_ids
-    with caplog.at_level(logging.ERROR):
-        engine.process(delivery_id)
+    engine, plugin, clock, delivery_id = one_dead_letter(
+        make_engine, tmp_path, store_url, PagerDown(default=PERMANENT)
+    )
 
     assert "plugin 'scripted' failed in hook on_delivery_failed" in caplog.text
     assert not hooks_pending(engine, delivery_id)  # isolated per implementation: counts as done
@@ -166,11 +200,7 @@ def test_a_raising_hook_is_logged_and_not_called_again(
 def test_a_replayed_delivery_that_dies_again_is_heard_of_again(
     make_engine: MakeEngine, tmp_path: Path, store_url: str
 ):
-    engine, plugin, _ = make_engine(
-        tmp_path, plugin=ScriptedPlugin(default=PERMANENT), database_url=store_url
-    )
-    (delivery_id,) = engine.accept(make_event("call_summary")).delivery_ids
-    engine.process(delivery_id)
+    engine, plugin, _, delivery_id = one_dead_letter(make_engine, tmp_path, store_url)
     assert replay(engine, DeliveryFilter(ids=[delivery_id])).replayed == 1
     engine.process(delivery_id)
 
@@ -337,11 +367,7 @@ def test_replay_skips_a_delivery_whose_attempt_is_running(
 def test_upgrading_a_version_1_store_does_not_call_hooks_for_old_dead_letters(
     make_engine: MakeEngine, tmp_path: Path, store_url: str
 ):
-    engine, plugin, clock = make_engine(
-        tmp_path, plugin=ScriptedPlugin(default=PERMANENT), database_url=store_url
-    )
-    (delivery_id,) = engine.accept(make_event("call_summary")).delivery_ids
-    engine.process(delivery_id)
+    engine, plugin, clock, delivery_id = one_dead_letter(make_engine, tmp_path, store_url)
     with engine.store.engine.begin() as conn:  # back to the version 1 table, this dead letter kept
         conn.exec_driver_sql("DROP INDEX ix_dead_letters_hooks")
         for column in ("hooks_done_at", "hooks_claimed_until"):

@@ -58,16 +58,25 @@ class DeadLetterOutbox:
 
     def dispatch(self, delivery_ids: Sequence[str]) -> int:
         """Run the hooks of these deliveries' undone dead letters, just after the commit that wrote
-        them. Returns how many dead letters it dispatched."""
+        them. Returns how many dead letters it dispatched. Never raises a store error: the dead
+        status is committed, and what this could not do the scheduler does later."""
         if not delivery_ids:
             return 0
-        return self._run(
-            self.store.claim_dead_letters(
-                claim_seconds=self.claim_seconds,
-                delivery_ids=delivery_ids,
-                limit=max(self.batch, len(delivery_ids)),
+        try:
+            return self._run(
+                self.store.claim_dead_letters(
+                    claim_seconds=self.claim_seconds,
+                    delivery_ids=delivery_ids,
+                    limit=max(self.batch, len(delivery_ids)),
+                )
             )
-        )
+        except Exception:
+            log.exception(
+                "on_delivery_failed of %s left to the scheduler (in %.0f s)",
+                ", ".join(delivery_ids),
+                self.claim_seconds,
+            )
+            return 0
 
     def dispatch_left_over(self) -> int:
         """One scheduler pass: run the hooks of dead letters left undone for ``claim_seconds`` (their
