@@ -303,6 +303,11 @@ class BrokenWrapper:
         raise RuntimeError("tracer misconfigured")
         yield  # a generator, so pluggy takes it for a wrapper
 
+    @hookimpl(wrapper=True)
+    def shutdown(self) -> Generator[None, object, None]:
+        yield
+        yield  # one yield too many
+
 
 def test_wrapper_hookimpls_of_observing_hooks_run_around_the_others(
     make_engine: MakeEngine,
@@ -337,6 +342,7 @@ def test_wrapper_hookimpls_of_observing_hooks_run_around_the_others(
         "inner shutdown",
     ]
     assert "plugin 'broken' failed in hook on_event" in caplog.text
+    assert "plugin 'broken': its wrapper of hook shutdown yields more than once" in caplog.text
 
 
 # -- replay leaves in-flight deliveries alone --------------------------------------------------------
