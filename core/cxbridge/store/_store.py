@@ -37,8 +37,11 @@ from cxbridge.store._schema import (
 )
 from cxbridge.store._statements import (
     _ATTEMPT_KEYS,
+    _CLAIM_DEAD_LEFT_OVER,
+    _CLAIM_DEAD_OF,
     _DEAD_KEYS,
     _FINISH,
+    _FINISH_DEAD,
     _HAS_EVENT,
     _INSERT_ATTEMPT,
     _INSERT_DEAD,
@@ -469,40 +472,23 @@ class Store:
         older_than: float | None = None,
         limit: int = 100,
     ) -> list[DeadLetter]:
-        """Claim dead letters whose hooks have not run and that nobody holds (never claimed, or the
-        claim ran out): of these deliveries, and/or dead at least ``older_than`` seconds ago. The
-        claim is one conditional UPDATE, so two dispatchers never both get a row."""
+        """Claim for ``claim_seconds`` the dead letters whose hooks have not run and that nobody
+        holds: of these deliveries, or else dead at least ``older_than`` seconds ago. Two callers
+        never both get a row."""
         now = self.now()
-        d = dead_letters.c
-        free = (
-            d.hooks_done_at.is_(None),
-            sa.or_(d.hooks_claimed_until.is_(None), d.hooks_claimed_until < now),
-        )
-        candidates = sa.select(d.id).where(*free)
+        params: dict[str, Any] = {"b_now": now, "b_until": now + claim_seconds, "b_limit": limit}
         if delivery_ids is not None:
-            candidates = candidates.where(d.delivery_id.in_(list(delivery_ids)))
-        if older_than is not None:
-            candidates = candidates.where(d.dead_at <= now - older_than)
-        # Not correlated: the subquery reads dead_letters on its own, then the UPDATE re-checks.
-        candidates = candidates.order_by(d.id).limit(limit).correlate(None)
-        claim = (
-            dead_letters.update()
-            .where(d.id.in_(candidates), *free)
-            .values(hooks_claimed_until=now + claim_seconds)
-            .returning(d.id, d.delivery_id, d.reason)
-        )
+            statement, params["b_ids"] = _CLAIM_DEAD_OF, list(delivery_ids)
+        else:
+            statement, params["b_before"] = _CLAIM_DEAD_LEFT_OVER, now - (older_than or 0)
         with self._write() as conn:
-            rows = conn.execute(claim).all()
+            rows = conn.execute(statement, params).all()
         return sorted((DeadLetter(*row) for row in rows), key=lambda letter: letter.id)
 
     def finish_dead_letter(self, dead_letter_id: int) -> None:
         """Mark a dead letter's hooks as run."""
         with self._write() as conn:
-            conn.execute(
-                dead_letters.update()
-                .where(dead_letters.c.id == dead_letter_id)
-                .values(hooks_done_at=self.now(), hooks_claimed_until=None)
-            )
+            conn.execute(_FINISH_DEAD, {"b_id": dead_letter_id, "b_now": self.now()})
 
     def purge(self, older_than: datetime) -> int:
         """Delete finished deliveries (and their attempts, dead letters and events) last updated
