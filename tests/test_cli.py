@@ -1,5 +1,4 @@
-"""The operations commands: replay (dry-run count first, then enqueue; work in flight is skipped) and
-enable."""
+"""The operations commands: replay (dry-run count first, then enqueue) and enable."""
 
 from __future__ import annotations
 
@@ -77,21 +76,3 @@ def test_enable_lifts_a_410_disable(sink_engine):
     assert engine.store.disabled_reason("acme", "hook") is None
     again = CliRunner().invoke(cli, ["enable", "-t", "acme", "-d", "hook"])
     assert "was not disabled" in again.stdout
-
-
-def test_replay_skips_deliveries_still_pending_or_in_flight_and_says_why(sink_engine):
-    engine, sink = sink_engine
-    (running,) = engine.accept(make_event("call_summary")).delivery_ids
-    engine.accept(make_event("call_summary"))
-    assert engine.store.lease(running, 60) is not None  # an attempt is running right now
-
-    run = CliRunner().invoke(cli, ["replay", "--tenant", "acme", "--status", "pending", "--yes"])
-
-    assert run.exit_code == 0, run.output
-    assert "2 deliveries match" in run.stdout
-    assert (
-        "0 deliveries enqueued again; 2 skipped: 1 in flight (an attempt is running), "
-        "1 still pending (their next attempt is scheduled)"
-    ) in run.stdout
-    assert engine.process(running) is None  # still leased: no second sender
-    assert sink.to("/hook") == []

@@ -17,14 +17,17 @@ from typing import Any
 import pluggy
 import pytest
 import sqlalchemy.exc
+from click.testing import CliRunner
 
 from cxbridge import Delivery, Destination, Outcome, hookimpl
+from cxbridge.cli import cli
 from cxbridge.clock import FakeClock
 from cxbridge.engine import Engine
 from cxbridge.outbox import CLAIM_SECONDS
 from cxbridge.plugins import PluginManager
 from cxbridge.replay import replay
 from cxbridge.routing import Accepted
+from cxbridge.settings import Settings
 from cxbridge.store import DeliveryFilter
 from cxbridge.store._schema import _add_dead_letter_outbox
 from tests.engine_support import MakeEngine, make_event
@@ -365,6 +368,35 @@ def test_replay_skips_a_delivery_whose_attempt_is_running(
     )
     assert engine.process(running) is None  # the lease still holds: no second sender
     assert plugin.calls == []
+
+
+def test_cli_replay_says_what_it_skipped_and_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    (tmp_path / "acme.yaml").write_text(
+        "tenant: acme\n"
+        "destinations:\n"
+        "  hook: {type: http, events: [call_summary], url: 'http://127.0.0.1:9/hook',"
+        " allow_networks: ['127.0.0.0/8']}\n"
+    )
+    monkeypatch.setenv("CXBRIDGE_CONFIG_DIR", str(tmp_path))
+    monkeypatch.setenv("CXBRIDGE_DATABASE_URL", f"sqlite:///{tmp_path / 'store.db'}")
+    monkeypatch.setenv("CXBRIDGE_BROKER_URL", f"sqlite:///{tmp_path / 'broker.db'}")
+    engine = Engine(Settings())
+    try:
+        (running,) = engine.accept(make_event("call_summary")).delivery_ids
+        engine.accept(make_event("call_summary"))
+        assert engine.store.lease(running, 60) is not None  # an attempt is running right now
+
+        run = CliRunner().invoke(cli, ["replay", "-t", "acme", "--status", "pending", "--yes"])
+
+        assert run.exit_code == 0, run.output
+        assert "2 deliveries match" in run.stdout
+        assert (
+            "0 deliveries enqueued again; 2 skipped: 1 in flight (an attempt is running), "
+            "1 still pending (their next attempt is scheduled)"
+        ) in run.stdout
+        assert engine.process(running) is None  # still leased: no second sender
+    finally:
+        engine.close()
 
 
 # -- upgrading a store -----------------------------------------------------------------------------

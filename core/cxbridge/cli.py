@@ -166,12 +166,7 @@ def worker(threads: int, processes: int, no_scheduler: bool, config: Path | None
 @click.option("--tenant", "-t", help="Only this tenant.")
 @click.option("--destination", "-d", help="Only this destination.")
 @click.option("--event-type", "-e", help="Only this event type.")
-@click.option(
-    "--status",
-    default="dead",
-    show_default=True,
-    help="dead or delivered (pending deliveries are counted, never reset).",
-)
+@click.option("--status", default="dead", show_default=True, help="dead, pending or delivered.")
 @click.option("--since", type=click.DateTime(), help="Created at or after (UTC).")
 @click.option("--until", type=click.DateTime(), help="Created before (UTC).")
 @click.option("--id", "ids", multiple=True, help="One delivery id (repeatable).")
