@@ -288,7 +288,10 @@ def replay(
     yes: bool,
     config: Path | None,
 ) -> None:
-    """Send matching deliveries again (by default: dead letters)."""
+    """Send matching deliveries again (by default: dead letters).
+
+    Deliveries still pending (waiting for their next attempt, or being attempted right now) are
+    skipped and counted: only dead or delivered ones are replayed."""
     from cxbridge.engine import Engine
     from cxbridge.replay import replay as run_replay
     from cxbridge.store import DeliveryFilter
@@ -311,7 +314,7 @@ def replay(
         click.confirm(f"Replay {count} deliveries?", abort=True)
     with click.progressbar(length=count, label="replaying") as bar:
         done = run_replay(engine, where, rerender=rerender, progress=bar.update)
-    click.echo(f"{done} deliveries enqueued again")
+    click.echo(str(done))
 
 
 @cli.command()

@@ -15,7 +15,16 @@ import sqlalchemy as sa
 from cxbridge.outcome import Outcome, Payload
 from cxbridge.store._schema import DEAD, deliveries
 
-__all__ = ["AttemptRecord", "DeliveryFilter", "DeliveryRecord", "NewDelivery", "_dt", "_ts"]
+__all__ = [
+    "AttemptRecord",
+    "DeadLetter",
+    "DeliveryFilter",
+    "DeliveryRecord",
+    "NewDelivery",
+    "ReplayReset",
+    "_dt",
+    "_ts",
+]
 
 
 def _ts(value: datetime | None) -> float | None:
@@ -92,6 +101,25 @@ class AttemptRecord:
     started_at: datetime
     duration_ms: float
     outcome: Outcome
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One dead letter whose ``on_delivery_failed`` hooks are still to run (see cxbridge.outbox)."""
+
+    id: int
+    delivery_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ReplayReset:
+    """What :meth:`Store.reset_for_replay` did: the ids it made pending again, and the ids it left
+    alone because they are still in the engine's hands (pending, or leased by a running attempt)."""
+
+    reset: list[str]
+    pending: list[str]
+    in_flight: list[str]
 
 
 @dataclass(frozen=True)
