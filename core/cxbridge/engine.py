@@ -7,7 +7,8 @@ loses nothing and sends nothing twice at once (a delivery is leased while an att
 The retry decision is ours, not Dramatiq's ``Retries`` middleware (which cannot stop "24 hours after the
 first attempt"): each failed attempt stores ``next_attempt_at``; short waits are handed to the broker as a
 delay, long ones wait in the store until the scheduler enqueues them. The scheduler also re-enqueues
-deliveries whose message was lost or whose worker died. Every started engine runs a scheduler thread;
+deliveries whose message was lost or whose worker died, and calls the ``on_delivery_failed`` hooks that
+a dying process left undone (:mod:`cxbridge.outbox`). Every started engine runs a scheduler thread;
 the one that holds the store's scheduler lock sweeps (:mod:`cxbridge.election`).
 
 Outages: a broker that is away makes no call fail once the store has committed (the scheduler sends
@@ -34,6 +35,7 @@ from cxbridge.config import TenantConfig, load_config_dir
 from cxbridge.destinations import Destination
 from cxbridge.election import Election
 from cxbridge.events import Event
+from cxbridge.outbox import CLAIM_SECONDS, DeadLetterOutbox
 from cxbridge.outcome import Delivery, Outcome, OutcomeKind
 from cxbridge.plugins import PluginManager, load_plugins
 from cxbridge.routing import Accepted, Router
@@ -62,6 +64,8 @@ class Engine:
     :param lost_after: a delivery enqueued this long ago and still not attempted is enqueued again.
     :param short_delay: waits up to this many seconds go to the broker as a delay; longer ones wait in
         the store for the scheduler.
+    :param hook_claim_seconds: ``on_delivery_failed`` hooks left undone this long after their dead
+        letter (the process died) are called by the scheduler (see :mod:`cxbridge.outbox`).
     :param scheduler_lock_seconds: on SQLite, how long the scheduler's lock outlives its holder's
         last renewal (see :mod:`cxbridge.election`).
     """
@@ -80,6 +84,7 @@ class Engine:
         short_delay: float | None = None,
         queue_name: str | None = None,
         scheduler_lock_seconds: float = 5.0,
+        hook_claim_seconds: float = CLAIM_SECONDS,
     ) -> None:
         self.settings = settings or Settings()
         self.clock = clock or SystemClock()
@@ -97,7 +102,12 @@ class Engine:
         self.lost_after = self.settings.lost_after if lost_after is None else lost_after
         self.short_delay = self.settings.short_delay if short_delay is None else short_delay
         self.queue_name = self.settings.queue_name if queue_name is None else queue_name
-        self.router = Router(self.store, self.hooks, self.tenants, self.enqueue)
+        self.outbox = DeadLetterOutbox(
+            self.store, self.hooks, self._destination_of, claim_seconds=hook_claim_seconds
+        )
+        self.router = Router(
+            self.store, self.hooks, self.tenants, self.enqueue, self.outbox.dispatch
+        )
         # The retry decision is ours (see the module docstring), not Dramatiq's: the broker retries
         # a message only when the store was unavailable (``dramatiq.Retry``), with a backoff of
         # 1 s doubling to 60 s; any other error fails the message.
@@ -177,9 +187,9 @@ class Engine:
         record, disabled = leased
         destination = self._destination_of(record)
         if destination is None:
-            return self._kill(record, None, "destination no longer configured")
+            return self._kill(record, "destination no longer configured")
         if disabled is not None:
-            return self._kill(record, destination, f"destination disabled: {disabled}")
+            return self._kill(record, f"destination disabled: {disabled}")
 
         started = self.clock.now()
         first_attempt_at = record.first_attempt_at or started
@@ -223,7 +233,7 @@ class Engine:
         if short and next_at is not None:
             self._send_in(record.id, (next_at - now).total_seconds())
         if dead_reason is not None:
-            self.hooks.on_delivery_failed(delivery, destination, dead_reason)
+            self.outbox.dispatch([record.id])
         return outcome
 
     def _resend_if_early(self, delivery_id: str) -> None:
@@ -274,25 +284,9 @@ class Engine:
         tenant = self.tenants.get(record.tenant)
         return tenant.destinations.get(record.destination) if tenant else None
 
-    def _kill(
-        self, record: DeliveryRecord, destination: Destination | None, reason: str
-    ) -> Outcome:
+    def _kill(self, record: DeliveryRecord, reason: str) -> Outcome:
         self.store.kill(record, reason)
-        if destination is None:
-            destination = Destination(
-                record.tenant, record.destination, "unknown", frozenset(), options=None
-            )
-        delivery = Delivery(
-            record.id,
-            record.tenant,
-            record.destination,
-            record.event_id,
-            record.event_type,
-            record.attempts,
-            record.payload,
-            record.first_attempt_at,
-        )
-        self.hooks.on_delivery_failed(delivery, destination, reason)
+        self.outbox.dispatch([record.id])
         return Outcome.permanent(reason)
 
     # -- scheduling ------------------------------------------------------------------------------
@@ -313,6 +307,7 @@ class Engine:
             try:
                 if election.campaign():
                     self.sweep()
+                    self.outbox.dispatch_left_over()
                     if time.monotonic() - last_purge > 3600:
                         last_purge = time.monotonic()
                         self.purge()

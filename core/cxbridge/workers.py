@@ -18,10 +18,9 @@ import sys
 import threading
 from multiprocessing.queues import SimpleQueue
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 from cxbridge.errors import ConfigError, CxbridgeError
-from cxbridge.settings import Settings
+from cxbridge.settings import Settings, redact_url
 from cxbridge.supervisor import FATAL_EXIT, Supervisor, WorkerStartError
 
 if TYPE_CHECKING:
@@ -30,15 +29,6 @@ if TYPE_CHECKING:
 __all__ = ["FATAL_EXIT", "WorkerStartError", "open_engine", "run_worker_process", "run_workers"]
 
 log = logging.getLogger(__name__)
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password replaced by ``***``."""
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
 
 
 def _cause(exc: BaseException) -> str:
