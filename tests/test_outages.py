@@ -22,25 +22,36 @@ from tests.scripted_plugin import ScriptedPlugin
 from tests.worker_support import RedisServer
 
 
-def fill_disk(store: Store) -> Callable[[], None]:
-    """Make the store's SQLite file unable to grow (SQLITE_FULL, "database or disk is full"), as on
-    a full disk; returns the function that frees it again."""
-    limit: dict[str, int | None] = {"pages": None}
+def break_store(store: Store) -> Callable[[], None]:
+    """Make the store refuse to write, as in an outage; returns the function that mends it.
 
-    def on_connect(dbapi_connection: Any, _record: Any) -> None:
-        if limit["pages"] is not None:
-            dbapi_connection.execute(f"PRAGMA max_page_count = {limit['pages']}")
+    SQLite: the file cannot grow (SQLITE_FULL, "database or disk is full"), as on a full disk.
+    PostgreSQL: every session is read-only, as on a replica after a failover. Applied to each
+    connection as the store takes it from its pool."""
+    broken = {"on": True}
+    if store.is_sqlite:
+        with store.engine.connect() as conn:
+            pages = int(conn.exec_driver_sql("PRAGMA page_count").scalar() or 0)
+        statements = (f"PRAGMA max_page_count = {pages}", "PRAGMA max_page_count = 1073741823")
+    else:
+        statements = (
+            "SET default_transaction_read_only = on",
+            "SET default_transaction_read_only = off",
+        )
 
-    sa.event.listen(store.engine, "connect", on_connect)
-    with store.engine.connect() as conn:
-        limit["pages"] = int(conn.exec_driver_sql("PRAGMA page_count").scalar() or 0)
-    store.engine.dispose()
+    def on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute(statements[0] if broken["on"] else statements[1])
+        cursor.close()
+        if not store.is_sqlite:
+            dbapi_connection.commit()
 
-    def free() -> None:
-        limit["pages"] = None
-        store.engine.dispose()
+    sa.event.listen(store.engine, "checkout", on_checkout)
 
-    return free
+    def mend() -> None:
+        broken["on"] = False
+
+    return mend
 
 
 def wait_for(check: Callable[[], bool], timeout: float, what: str) -> float:
@@ -66,17 +77,19 @@ def delivered(engine: Engine, *event_ids: str) -> bool:
 # -- accept ------------------------------------------------------------------------------------
 
 
-def test_accept_with_the_store_full_raises_a_cxbridge_error_and_enqueues_nothing(
-    make_engine: MakeEngine, tmp_path: Path
+def test_accept_with_the_store_failing_raises_a_cxbridge_error_and_enqueues_nothing(
+    make_engine: MakeEngine, tmp_path: Path, store_url: str
 ):
     broker = StubBroker()
-    engine, _, _ = make_engine(tmp_path, broker=broker)
-    fill_disk(engine.store)
+    engine, _, _ = make_engine(tmp_path, broker=broker, database_url=store_url)
+    mend = break_store(engine.store)
     event = make_event(event_id="evt-big", score=10, call={"id": "c", "externalId": "x" * 200_000})
     with pytest.raises(StoreUnavailableError, match="nothing was stored") as raised:
         engine.accept(event)
     assert raised.value.event_id == "evt-big" and raised.value.tenant == "acme"
-    assert "database or disk is full" in str(raised.value)
+    cause = "database or disk is full" if engine.store.is_sqlite else "read-only transaction"
+    assert cause in str(raised.value)
+    mend()
     assert not engine.store.has_event("acme", "evt-big")
     assert broker.queues[engine.queue_name].qsize() == 0
 
@@ -107,10 +120,11 @@ def test_accept_with_the_broker_down_returns_and_the_scheduler_sends_it_later(
 
 
 def test_a_store_failure_during_an_attempt_is_retried_not_dead_lettered(
-    make_engine: MakeEngine, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    make_engine: MakeEngine, tmp_path: Path, caplog: pytest.LogCaptureFixture, store_url: str
 ):
-    """The attempt's result cannot be written (disk full): the broker keeps the message and
-    retries it, instead of moving it to its dead table while the store holds it as pending."""
+    """The store cannot be written (SQLite: the attempt's result, disk full; PostgreSQL: even the
+    lease, read-only): the broker keeps the message and retries it, instead of moving it to its
+    dead table while the store holds the delivery as pending."""
     big = "x" * 100_000  # the attempt row needs new pages: it cannot be written on a full disk
     plugin = ScriptedPlugin(default=lambda d: Outcome.delivered(response_excerpt=big[:16_000]))
     broker = SQLiteBroker(tmp_path / "broker.db")
@@ -119,15 +133,16 @@ def test_a_store_failure_during_an_attempt_is_retried_not_dead_lettered(
         plugin=plugin,
         broker=broker,
         clock=SystemClock(),
+        database_url=store_url,
         lease_seconds=1,
         lost_after=1,
     )
     engine.accept(make_event(event_id="evt-1", score=80))  # one destination
-    free = fill_disk(engine.store)
+    mend = break_store(engine.store)
     engine.start(threads=1, interval=0.2)
     try:
         wait_for(lambda: "store unavailable" in caplog.text, 20, "the failed write")
-        free()
+        mend()
         wait_for(lambda: delivered(engine, "evt-1"), 30, "delivered once the disk has space")
         assert broker.message_counts(engine.queue_name)["dead"] == 0
     finally:
@@ -186,6 +201,7 @@ def test_a_redis_restart_leaves_every_consumer_thread_running_and_short_retries_
         print(f"\nredis restart: a 0.5 s retry ran {took:.2f} s after its first attempt")
     finally:
         engine.close()
+        engine.broker.client.connection_pool.disconnect()  # Dramatiq's close() leaves it
         redis.kill()
 
 
