@@ -3,7 +3,9 @@
 The public API is what this module exports; everything else may change between releases.
 """
 
+from cxbridge.clock import Clock, FakeClock
 from cxbridge.destinations import Destination, DestinationType
+from cxbridge.engine import Engine
 from cxbridge.errors import (
     ConfigError,
     ConfigProblem,
@@ -28,6 +30,8 @@ from cxbridge.events import (
 from cxbridge.hookspecs import hookimpl
 from cxbridge.outcome import Delivery, Outcome, OutcomeKind, Payload
 from cxbridge.retry import RetryPolicy, outcome_for_status, parse_retry_after
+from cxbridge.routing import Accepted
+from cxbridge.store import AttemptRecord, DeliveryRecord
 from cxbridge.templating import Condition, JsonTemplate, TextTemplate
 
 __version__ = "0.1.0"
@@ -49,6 +53,13 @@ __all__ = [  # noqa: RUF022 - grouped by purpose, like dramatiq's
     "OutcomeKind",
     "Payload",
     "hookimpl",
+    # embedding and testing: an engine, what it reports, its clock
+    "Accepted",
+    "AttemptRecord",
+    "Clock",
+    "DeliveryRecord",
+    "Engine",
+    "FakeClock",
     # templating and retries, for plugins
     "Condition",
     "JsonTemplate",

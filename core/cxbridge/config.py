@@ -194,9 +194,15 @@ class _Loader:
             return "UTC"
         return name
 
-    def _validate(self, model: type[_M], data: Any, where: tuple[str | int, ...]) -> _M | None:
+    def _validate(
+        self,
+        model: type[_M],
+        data: Any,
+        where: tuple[str | int, ...],
+        context: dict[str, Any] | None = None,
+    ) -> _M | None:
         try:
-            return model.model_validate(data)
+            return model.model_validate(data, context=context)
         except ValidationError as exc:
             for err in exc.errors():
                 self._report(err, where)
@@ -252,7 +258,9 @@ class _Loader:
         if dtype is None:
             return None
         options_data = {k: v for k, v in raw.items() if k not in CORE_DESTINATION_KEYS}
-        options = self._validate(dtype.options, options_data, where)
+        # The context lets a plugin's validators refuse event types it cannot send.
+        context = {"events": frozenset(events), "tenant": tenant.tenant, "destination": name}
+        options = self._validate(dtype.options, options_data, where, context)
         if options is not None:
             for path, template in _templates(options):
                 self._check_template(template, events, (*where, *path))
