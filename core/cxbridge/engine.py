@@ -140,9 +140,7 @@ class Engine:
             queue_name=queue_name,
         )
         manager = load_plugins(settings) if entry_points else PluginManager()
-        for index, plugin in enumerate(plugins):
-            name = getattr(plugin, "__name__", None) or f"{type(plugin).__name__}-{index}"
-            manager.register(plugin, name=name)
+        manager.register_objects(plugins)
         tenants = load_config_dir(settings.config_dir, manager.destination_types, env)
         return cls(settings, clock=clock, plugins=manager, tenants=tenants)
 
