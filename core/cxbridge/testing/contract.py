@@ -110,16 +110,20 @@ class PluginContract:
             yield target
 
     def fail(self, target: Any, status: int, headers: Mapping[str, str] | None = None) -> None:
-        """Make every later write answer ``status`` with ``headers``."""
-        target.reply("*", Reply(status, headers=dict(headers or {})))
+        """Make every later request answer ``status`` with ``headers``."""
+        target.fault(Reply(status, headers=dict(headers or {})))
 
     def slow(self, target: Any, seconds: float) -> None:
-        """Make every later request wait ``seconds`` before its answer."""
-        target.reply("*", Reply(delay=seconds))
+        """Make every later request wait ``seconds`` and then lose its answer."""
+        target.fault(Reply(delay=seconds, drop=True))
 
     def drop(self, target: Any) -> None:
         """Make every later request lose its answer (the connection closes without one)."""
-        target.reply("*", Reply(drop=True))
+        target.fault(Reply(drop=True))
+
+    def recover(self, target: Any) -> None:
+        """End the failure :meth:`fail`, :meth:`slow` or :meth:`drop` began."""
+        target.fault(None)
 
     def records(self, target: Any) -> int | None:
         """How many records the target holds (``None``: it cannot tell, the check is skipped)."""
@@ -133,15 +137,16 @@ class PluginContract:
         return self.entry_point or self.destination_type
 
     @pytest.fixture
-    def plugins(self) -> PluginManager:
-        """The plugin under test, registered in a fresh plugin manager."""
+    def plugins(self) -> Iterator[PluginManager]:
+        """The plugin under test in a fresh plugin manager; its ``shutdown`` hook runs afterwards."""
         if self.plugin is not None:
             manager = PluginManager()
             manager.register_objects([self.plugin])
-            return manager
-        manager = PluginManager(allow=[self._entry_point])
-        manager.load_entrypoints()
-        return manager
+        else:
+            manager = PluginManager(allow=[self._entry_point])
+            manager.load_entrypoints()
+        yield manager
+        manager.hooks.shutdown()
 
     def _destination(self, plugins: PluginManager, target: Any, **extra: Any) -> Destination:
         return make_destination(
@@ -412,8 +417,8 @@ class PluginContract:
         secrets = [s for s in (*self.secrets, *_secret_values(destination.options)) if len(s) >= 4]
         if not secrets:
             pytest.skip("no SecretStr option and no `secrets` listed: nothing can leak")
-        texts: list[str] = []
-        for status in (200, 503, 401):
+        texts = [_outcome_text(self._attempt(plugins, destination))]
+        for status in (503, 401):
             self.fail(target, status)
             texts.append(_outcome_text(self._attempt(plugins, destination)))
         self.drop(target)
@@ -441,7 +446,7 @@ class PluginContract:
         try:
             (delivery_id,) = bridge.send(self._event(self.events[0])).delivery_ids
             bridge.engine.process(delivery_id)
-            self.fail(target, 200)
+            self.recover(target)
             bridge.settle()
             for attempt in bridge.attempts(delivery_id):
                 texts.append(_outcome_text(attempt.outcome))

@@ -164,6 +164,7 @@ class FakeTarget:
         self.sni: list[str | None] = []
         self.errors: list[str] = []
         self._routes: dict[str, list[Reply] | Handler] = {}
+        self._fault: Reply | None = None
         self._lock = threading.Lock()
         self._done = threading.Condition()
         server_class = _Server6 if ":" in host else _Server
@@ -217,8 +218,16 @@ class FakeTarget:
         else:
             self._routes[path] = [r for r in replies if isinstance(r, Reply)]
 
+    def fault(self, reply: Reply | None) -> None:
+        """Answer every request with ``reply`` from now on, whatever the routes say (a scripted
+        outage, a slow or a lost answer); ``None`` ends it."""
+        with self._lock:
+            self._fault = reply
+
     def _next_reply(self, request: Recorded) -> Reply:
         with self._lock:
+            if self._fault is not None:
+                return self._fault
             route = self._routes.get(request.path, self._routes.get("*"))
             if route is None:
                 return Reply()
