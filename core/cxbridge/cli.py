@@ -245,7 +245,6 @@ def demo(events: int, config: Path | None) -> None:
     sys.exit(run_demo(_settings(config), events=events))
 
 
-
 # -- plugin authors --------------------------------------------------------------------------------
 
 
