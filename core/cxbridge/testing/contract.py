@@ -421,8 +421,6 @@ class PluginContract:
         for status in (503, 401):
             self.fail(target, status)
             texts.append(_outcome_text(self._attempt(plugins, destination)))
-        self.drop(target)
-        texts.append(_outcome_text(self._attempt(plugins, destination)))
 
         # The attempt log, through the real engine: a failure, then success.
         self.fail(target, 503)
