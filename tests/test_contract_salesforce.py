@@ -7,9 +7,8 @@ from typing import Any
 
 import pytest
 
-import cxbridge_salesforce
 from cxbridge.testing import PluginContract
-from tests.fakes.salesforce import FakeSalesforce
+from tests.fakes.salesforce import FakeSalesforce, plugged_in
 
 FOREVER = 10_000  # fault answers "from now on": more than any test sends
 
@@ -21,13 +20,8 @@ class TestSalesforceContract(PluginContract):
 
     @pytest.fixture
     def target(self) -> Iterator[FakeSalesforce]:
-        with FakeSalesforce() as fake:
-            fake.add_contact("Ada", "Lovelace", phone="(555) 010-9999")
-            cxbridge_salesforce.set_session_factory(fake.session)
-            try:
-                yield fake
-            finally:
-                cxbridge_salesforce.set_session_factory(None)
+        with plugged_in() as fake:
+            yield fake
 
     def options(self, target: FakeSalesforce) -> dict[str, Any]:
         # The one place this plugin's test config lives (the fake is reached through its session).

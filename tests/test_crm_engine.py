@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 import yaml
 
-import cxbridge_salesforce
 from cxbridge import Event, Outcome, OutcomeKind
 from cxbridge.clock import FakeClock
 from cxbridge.engine import Engine
@@ -27,7 +26,7 @@ from cxbridge.replay import replay
 from cxbridge.store import DeliveryFilter
 from cxbridge_zendesk.client import set_session_factory as set_zendesk_session_factory
 from tests.engine_support import MakeEngine
-from tests.fakes.salesforce import FakeSalesforce
+from tests.fakes.salesforce import FakeSalesforce, plugged_in
 from tests.fakes.zendesk import FakeZendesk, PlainHttpSession
 from tests.scripted_plugin import ScriptedPlugin
 from tests.test_salesforce import LIFECYCLE as SF_EVENTS
@@ -67,13 +66,8 @@ def crm_engine(
 
 @pytest.fixture
 def salesforce() -> Iterator[FakeSalesforce]:
-    with FakeSalesforce() as fake:
-        fake.add_contact("Ada", "Lovelace", phone="(555) 010-9999")
-        cxbridge_salesforce.set_session_factory(fake.session)
-        try:
-            yield fake
-        finally:
-            cxbridge_salesforce.set_session_factory(None)
+    with plugged_in() as fake:
+        yield fake
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from cxbridge import Delivery, Destination, Event, Outcome, OutcomeKind, parse_e
 from cxbridge.plugins import PluginManager
 from cxbridge_salesforce.client import contact_search, escape_sosl
 from cxbridge_salesforce.options import SalesforceOptions
-from tests.fakes.salesforce import FakeSalesforce, RoutingSession
+from tests.fakes.salesforce import FakeSalesforce, RoutingSession, plugged_in
 
 ALL_EVENTS = frozenset({"call_create", "call_outcome", "call_summary", "quality_score"})
 PHONE = "+1 (555) 010-9999"
@@ -80,13 +80,8 @@ LIFECYCLE = {kind: event(kind) for kind in ALL_EVENTS}
 
 @pytest.fixture
 def fake() -> Iterator[FakeSalesforce]:
-    with FakeSalesforce() as fake:
-        fake.contact_id = fake.add_contact("Ada", "Lovelace", phone="(555) 010-9999")  # type: ignore[attr-defined]
-        plugin.set_session_factory(fake.session)
-        try:
-            yield fake
-        finally:
-            plugin.set_session_factory(None)
+    with plugged_in() as fake:
+        yield fake
 
 
 def client_credentials(fake: FakeSalesforce, **more: Any) -> dict[str, Any]:

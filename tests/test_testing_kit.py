@@ -7,12 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from cxbridge import EVENT_TYPES, OutcomeKind, __version__
 from cxbridge.scaffold import new_plugin
 from cxbridge.testing import (
     EVENTS_DIR,
-    Bridge,
     FakeTarget,
     Reply,
     canned_event,
@@ -55,10 +55,6 @@ def _plant(pytester: pytest.Pytester, tmp_path: Path, *changes: tuple[str, str])
     pytester.makepyfile(test_planted=CONTRACT)
 
 
-def _run(pytester: pytest.Pytester, check: str) -> pytest.RunResult:
-    return pytester.runpytest_inprocess("-p", "no:cacheprovider", "-k", check)
-
-
 def test_the_scaffolds_plugin_passes_the_whole_contract(pytester, tmp_path):
     _plant(pytester, tmp_path)
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-rs")
@@ -66,82 +62,78 @@ def test_the_scaffolds_plugin_passes_the_whole_contract(pytester, tmp_path):
     result.stdout.fnmatch_lines(["*set entry_point = NAME*"])  # every skip says why
 
 
-def test_a_plugin_that_treats_5xx_as_success_is_caught(pytester, tmp_path):
-    _plant(
-        pytester,
-        tmp_path,
-        (
-            "    return outcome_for_status(",
-            "    if 400 <= response.status_code < 500:\n"
-            "        return Outcome.permanent(f'HTTP {response.status_code}')\n"
-            "    return Outcome.delivered()\n"
-            "    return outcome_for_status(",
-        ),
-    )
-    result = _run(pytester, "test_5xx_is_retried")
-    result.assert_outcomes(failed=2)
-    result.stdout.fnmatch_lines(
-        ["*HTTP 503 from the target gave DELIVERED*must be RETRY*outcome_for_status*"]
-    )
-
-
-def test_a_plugin_that_writes_twice_on_redelivery_is_caught(pytester, tmp_path):
-    _plant(pytester, tmp_path, ('                "Idempotency-Key": delivery.id,', ""))
-    result = _run(pytester, "test_the_same_delivery_twice")
-    result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(
-        ["*sent twice left 2 records where once left 1*send delivery.id as the idempotency key*"]
-    )
-
-
-def test_a_plugin_that_logs_its_token_is_caught(pytester, tmp_path):
-    _plant(
-        pytester,
-        tmp_path,
-        ("import threading\n", "import logging\nimport threading\n"),
-        (
-            "    try:\n        response = client().post(",
-            "    logging.getLogger(__name__).info('token %s', options.token.get_secret_value())\n"
-            "    try:\n        response = client().post(",
-        ),
-    )
-    result = _run(pytester, "test_secrets_stay_out")
-    result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*secret option value appears in a log line of 'cxbridge_acme'*"])
-
-
-def test_a_plugin_that_dead_letters_a_429_is_caught(pytester, tmp_path):
+STATUS_CALL = "    return outcome_for_status("
+# Each planted mistake: the scaffold's plugin changed by (old, new) pairs, the contract check that
+# must catch it, how many of its cases fail, and the message that says what to fix.
+PLANTED = {
+    "5xx treated as success": (
+        [
+            (
+                STATUS_CALL,
+                "    if 400 <= response.status_code < 500:\n"
+                "        return Outcome.permanent(f'HTTP {response.status_code}')\n"
+                "    return Outcome.delivered()\n" + STATUS_CALL,
+            )
+        ],
+        "test_5xx_is_retried",
+        2,
+        "*HTTP 503 from the target gave DELIVERED*must be RETRY*outcome_for_status*",
+    ),
+    "writes twice on redelivery": (
+        [('                "Idempotency-Key": delivery.id,', "")],
+        "test_the_same_delivery_twice",
+        1,
+        "*sent twice left 2 records where once left 1*send delivery.id as the idempotency key*",
+    ),
+    "logs its token": (
+        [
+            ("import threading\n", "import logging\nimport threading\n"),
+            (
+                "    try:\n        response = client().post(",
+                "    logging.getLogger(__name__).info('token %s', options.token.get_secret_value())"
+                "\n    try:\n        response = client().post(",
+            ),
+        ],
+        "test_secrets_stay_out",
+        1,
+        "*secret option value appears in a log line of 'cxbridge_acme'*",
+    ),
     # The hookspec example before issue 14: >= 500 retry, >= 400 permanent.
-    _plant(
-        pytester,
-        tmp_path,
-        (
-            "    return outcome_for_status(",
-            "    if response.status_code >= 500:\n"
-            "        return Outcome.retry(f'HTTP {response.status_code}')\n"
-            "    if response.status_code >= 400:\n"
-            "        return Outcome.permanent(f'HTTP {response.status_code}')\n"
-            "    return outcome_for_status(",
-        ),
-    )
-    result = _run(pytester, "test_429")
-    result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(
-        ["*HTTP 429 with Retry-After: 7 gave PERMANENT*must be RETRY*outcome_for_status*"]
-    )
+    "dead-letters a 429": (
+        [
+            (
+                STATUS_CALL,
+                "    if response.status_code >= 500:\n"
+                "        return Outcome.retry(f'HTTP {response.status_code}')\n"
+                "    if response.status_code >= 400:\n"
+                "        return Outcome.permanent(f'HTTP {response.status_code}')\n" + STATUS_CALL,
+            )
+        ],
+        "test_429",
+        1,
+        "*HTTP 429 with Retry-After: 7 gave PERMANENT*must be RETRY*outcome_for_status*",
+    ),
+    "option typo not refused": (
+        [
+            (
+                'model_config = ConfigDict(extra="forbid")',
+                'model_config = ConfigDict(extra="ignore")',
+            )
+        ],
+        "test_options_refuse_a_misspelt_key",
+        1,
+        "*accepted the misspelt key 'base_urll'*ConfigDict(extra='forbid')*",
+    ),
+}
 
 
-def test_a_plugin_whose_option_typo_is_not_refused_is_caught(pytester, tmp_path):
-    _plant(
-        pytester,
-        tmp_path,
-        ('model_config = ConfigDict(extra="forbid")', 'model_config = ConfigDict(extra="ignore")'),
-    )
-    result = _run(pytester, "test_options_refuse_a_misspelt_key")
-    result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(
-        ["*accepted the misspelt key 'base_urll'*ConfigDict(extra='forbid')*"]
-    )
+@pytest.mark.parametrize("mistake", PLANTED)
+def test_a_planted_mistake_is_caught_with_what_to_fix(pytester, tmp_path, mistake):
+    changes, check, failures, message = PLANTED[mistake]
+    _plant(pytester, tmp_path, *changes)
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-k", check)
+    result.assert_outcomes(failed=failures)
+    result.stdout.fnmatch_lines([message])
 
 
 # -- the pieces -------------------------------------------------------------------------------------
@@ -156,62 +148,39 @@ def test_canned_events_cover_every_type_and_are_the_examples():
         )
 
 
-def test_a_bridge_settles_a_24_hour_retry_story_on_the_fake_clock(tmp_path):
+def _http_options(target: FakeTarget) -> dict[str, object]:
+    return {"url": target.url("/hook"), "allow_networks": ["127.0.0.0/8"]}
+
+
+def _http_tenant(target: FakeTarget, name: str, event_type: str) -> str:
+    destination = {"type": "http", "events": [event_type], **_http_options(target)}
+    return yaml.safe_dump({"tenant": "acme", "destinations": {name: destination}})
+
+
+def test_a_bridge_settles_a_24_hour_retry_story_on_the_fake_clock(make_bridge, fake_target):
     """A 503, a 429 with Retry-After: 120, then success: three attempts, the clock moved for the
-    waits (the server's wait honoured), and no real waiting."""
-    with FakeTarget() as target:
-        target.reply("/hook", Reply(503), Reply(429, headers={"Retry-After": "120"}), Reply(200))
-        bridge = Bridge(
-            f"""
-            tenant: acme
-            destinations:
-              hook:
-                type: http
-                events: [call_summary]
-                url: {target.url("/hook")}
-                allow_networks: ["127.0.0.0/8"]
-            """,
-            tmp_path,
-        )
-        try:
-            start = bridge.clock.now()
-            (delivery_id,) = bridge.send(canned_event("call_summary")).delivery_ids
-            (record,) = bridge.settle()
-            assert record.id == delivery_id and record.status == "delivered"
-            kinds = [a.outcome.kind for a in bridge.attempts(delivery_id)]
-            assert kinds == [OutcomeKind.RETRY, OutcomeKind.RETRY, OutcomeKind.DELIVERED]
-            third = bridge.attempts(delivery_id)[2]
-            second = bridge.attempts(delivery_id)[1]
-            assert (third.started_at - second.started_at).total_seconds() >= 120
-            assert bridge.clock.now() > start
-        finally:
-            bridge.close()
+    waits (the server's wait honoured), and no real waiting. Uses the kit's own fixtures."""
+    fake_target.reply("/hook", Reply(503), Reply(429, headers={"Retry-After": "120"}), Reply(200))
+    bridge = make_bridge(_http_tenant(fake_target, "hook", "call_summary"))
+    start = bridge.clock.now()
+    (delivery_id,) = bridge.send(canned_event("call_summary")).delivery_ids
+    (record,) = bridge.settle()
+    assert record.id == delivery_id and record.status == "delivered"
+    first, second, third = bridge.attempts(delivery_id)
+    kinds = [a.outcome.kind for a in (first, second, third)]
+    assert kinds == [OutcomeKind.RETRY, OutcomeKind.RETRY, OutcomeKind.DELIVERED]
+    assert (third.started_at - second.started_at).total_seconds() >= 120
+    assert bridge.clock.now() > start
 
 
-def test_make_delivery_gives_the_id_the_engine_gives(tmp_path):
-    with FakeTarget() as target:
-        bridge = Bridge(
-            f"""
-            tenant: acme
-            destinations:
-              dest:
-                type: http
-                events: [quality_score]
-                url: {target.url("/hook")}
-                allow_networks: ["127.0.0.0/8"]
-            """,
-            tmp_path,
-        )
-        try:
-            event = canned_event("quality_score")
-            (engine_id,) = bridge.send(event).delivery_ids
-            plugins = plugin_manager(entry_points=True)
-            destination = make_destination(
-                "http",
-                {"url": target.url("/hook"), "allow_networks": ["127.0.0.0/8"]},
-                plugins=plugins,
-                events=["quality_score"],
-            )
-            assert make_delivery(event, destination).id == engine_id
-        finally:
-            bridge.close()
+def test_make_delivery_gives_the_id_the_engine_gives(make_bridge, fake_target):
+    bridge = make_bridge(_http_tenant(fake_target, "dest", "quality_score"))
+    event = canned_event("quality_score")
+    (engine_id,) = bridge.send(event).delivery_ids
+    destination = make_destination(
+        "http",
+        _http_options(fake_target),
+        plugins=plugin_manager(entry_points=True),
+        events=["quality_score"],
+    )
+    assert make_delivery(event, destination).id == engine_id

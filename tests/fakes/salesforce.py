@@ -25,7 +25,8 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
@@ -36,7 +37,7 @@ import requests
 
 from tests.fakes.server import FakeHandler, FakeServer
 
-__all__ = ["FakeSalesforce", "Fault", "RoutingSession"]
+__all__ = ["FakeSalesforce", "Fault", "RoutingSession", "plugged_in"]
 
 INSTANCE_URL = "https://acme.my.salesforce.com"
 ID_PREFIX = {"Task": "00T", "Case": "500", "Contact": "003"}
@@ -570,3 +571,18 @@ def _parse_sosl(query: str) -> tuple[str | None, str | None]:
     if query[i + 1 :] != SOSL_TAIL:
         return None, f"unexpected search clauses: {query[i + 1 :]!r}"
     return "".join(term), None
+
+
+@contextmanager
+def plugged_in() -> Iterator[FakeSalesforce]:
+    """A started fake org with one Contact (Ada Lovelace, (555) 010-9999), every request of the
+    Salesforce plugin routed to it; the plugin's own session factory again afterwards."""
+    import cxbridge_salesforce
+
+    with FakeSalesforce() as fake:
+        fake.contact_id = fake.add_contact("Ada", "Lovelace", phone="(555) 010-9999")  # type: ignore[attr-defined]
+        cxbridge_salesforce.set_session_factory(fake.session)
+        try:
+            yield fake
+        finally:
+            cxbridge_salesforce.set_session_factory(None)
