@@ -177,7 +177,7 @@ def shutdown() -> None:
 
     :return: ignored.
 
-    Called once by :meth:`cxbridge.engine.Engine.close` after the workers have stopped, so no
+    Called once by :meth:`cxbridge.Engine.close` after the workers have stopped, so no
     ``deliver`` call is running. Every implementation runs; one that raises is logged with the
     plugin's name and does not stop the others. A plugin must still work if ``deliver`` is called
     again afterwards (tests and embedded users may restart an engine in the same process).
