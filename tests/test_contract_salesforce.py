@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from cxbridge.testing import PluginContract
-from tests.fakes.salesforce import FakeSalesforce, plugged_in
+from tests.fakes.salesforce import FakeSalesforce
 
 FOREVER = 10_000  # fault answers "from now on": more than any test sends
 
@@ -20,19 +20,20 @@ class TestSalesforceContract(PluginContract):
 
     @pytest.fixture
     def target(self) -> Iterator[FakeSalesforce]:
-        with plugged_in() as fake:
+        with FakeSalesforce() as fake:
+            fake.add_contact("Ada", "Lovelace", phone="(555) 010-9999")
             yield fake
 
     def options(self, target: FakeSalesforce) -> dict[str, Any]:
-        # The one place this plugin's test config lives (the fake is reached through its session).
-        return {
-            "domain": "acme.my.salesforce.com",
-            "auth": {
+        # The one place this plugin's contract config lives: the fake through the endpoint override.
+        return target.options(
+            domain="acme.my.salesforce.com",
+            auth={
                 "type": "client_credentials",
                 "consumer_key": target.consumer_key,
                 "consumer_secret": target.consumer_secret,
             },
-        }
+        )
 
     def fail(
         self, target: FakeSalesforce, status: int, headers: Mapping[str, str] | None = None

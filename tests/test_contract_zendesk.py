@@ -8,8 +8,7 @@ from typing import Any
 import pytest
 
 from cxbridge.testing import PluginContract
-from cxbridge_zendesk.client import set_session_factory
-from tests.fakes.zendesk import FakeZendesk, PlainHttpSession
+from tests.fakes.zendesk import FakeZendesk
 
 FOREVER = None  # a Fault with times=None answers from now on
 
@@ -21,21 +20,12 @@ class TestZendeskContract(PluginContract):
 
     @pytest.fixture
     def target(self) -> Iterator[FakeZendesk]:
-        previous = set_session_factory(PlainHttpSession)
         with FakeZendesk() as fake:
-            try:
-                yield fake
-            finally:
-                set_session_factory(previous)
+            yield fake
 
     def options(self, target: FakeZendesk) -> dict[str, Any]:
-        # The one place this plugin's test config lives (plain HTTP to the fake on 127.0.0.1).
-        return {
-            "subdomain": "127",
-            "domain": f"0.0.1:{target.port}",
-            "email": target.email,
-            "api_token": target.token,
-        }
+        # The one place this plugin's contract config lives: the fake through the endpoint override.
+        return target.options(email=target.email, api_token=target.token)
 
     def fail(
         self, target: FakeZendesk, status: int, headers: Mapping[str, str] | None = None

@@ -18,6 +18,10 @@ def test_new_plugin_installs_passes_its_tests_and_is_listed(tmp_path: Path):
     root = tmp_path / "cxbridge-acme"
     assert (root / "pyproject.toml").read_text().startswith("[build-system]")
 
+    for lint in (["check"], ["format", "--check"]):  # what it writes is clean as written
+        linted = outside_plugin.run([sys.executable, "-m", "ruff", *lint, "."], root)
+        assert linted.returncode == 0, linted.stdout + linted.stderr
+
     python = outside_plugin.install(root, tmp_path)
     assert "19 passed in" in outside_plugin.run_tests(python, root)
     listed = outside_plugin.plugins(python, tmp_path)

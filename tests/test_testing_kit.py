@@ -38,7 +38,11 @@ class TestAcme(PluginContract):
     slow_seconds = 1.5
 
     def options(self, target: Any) -> dict[str, Any]:
-        return {"base_url": target.url(""), "token": "planted-token-1234"}
+        return {
+            "base_url": target.url(""),
+            "token": "planted-token-1234",
+            "allow_networks": ["127.0.0.0/8"],
+        }
 """
 
 
@@ -89,9 +93,9 @@ PLANTED = {
         [
             ("import threading\n", "import logging\nimport threading\n"),
             (
-                "    try:\n        response = client().post(",
+                "    try:\n        response = client(destination).post(",
                 "    logging.getLogger(__name__).info('token %s', options.token.get_secret_value())"
-                "\n    try:\n        response = client().post(",
+                "\n    try:\n        response = client(destination).post(",
             ),
         ],
         "test_secrets_stay_out",

@@ -21,15 +21,20 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from cxbridge import (
+    AllowNetworks,
     CallCreate,
     CallOutcome,
     CallSummary,
     Delivery,
     Destination,
     Event,
+    GuardedTransport,
+    NetworkPolicy,
     Outcome,
     Payload,
     QualityScore,
+    RedirectRefused,
+    guard_outcome,
     hookimpl,
     outcome_for_status,
 )
@@ -47,6 +52,7 @@ class HubSpotOptions(BaseModel):
     base_url: str = Field("https://api.hubapi.com", pattern=r"^https?://")
     owner_id: str | None = Field(None, description="hubspot_owner_id of the records written.")
     timeout: float = Field(15.0, gt=0, le=120, description="Seconds one request may take.")
+    allow_networks: AllowNetworks  # only for a proxy or a test double on an internal network
 
 
 def _properties(event: Event) -> tuple[str, dict[str, Any]]:
@@ -89,16 +95,21 @@ def transform(event: Event, destination: Destination) -> Payload | None:
     return Payload(json.dumps({"properties": properties}).encode(), meta={"object": obj})
 
 
-_client: httpx.Client | None = None
+_clients: dict[tuple[str, str], httpx.Client] = {}
 _lock = threading.Lock()
 
 
-def _http() -> httpx.Client:
-    global _client
-    with _lock:  # one pooled client for every worker thread (httpx.Client is thread-safe)
-        if _client is None:
-            _client = httpx.Client()
-        return _client
+def _http(destination: Destination) -> httpx.Client:
+    """One pooled client per destination for every worker thread (httpx.Client is thread-safe),
+    each connection through cxbridge's outbound guard, redirects never followed."""
+    key = (destination.tenant, destination.name)
+    with _lock:
+        if key not in _clients:
+            policy = NetworkPolicy.from_cidrs(destination.options.allow_networks)
+            _clients[key] = httpx.Client(
+                transport=GuardedTransport(policy), follow_redirects=False, trust_env=False
+            )
+        return _clients[key]
 
 
 @hookimpl
@@ -117,20 +128,29 @@ def deliver(delivery: Delivery, destination: Destination) -> Outcome | None:
     }
     body = json.loads(delivery.payload.body)
     body["properties"][ID_PROPERTY] = delivery.id
+    http = _http(destination)
     try:
-        found = _http().post(f"{url}/search", json=search, headers=headers, timeout=options.timeout)
+        found = http.post(f"{url}/search", json=search, headers=headers, timeout=options.timeout)
         if found.status_code != 200:
             return _outcome(found)
         results = found.json().get("results") or []
         if results:  # written by an earlier attempt whose answer was lost
             return Outcome.delivered(status_code=200, remote_id=str(results[0]["id"]))
-        created = _http().post(url, json=body, headers=headers, timeout=options.timeout)
+        created = http.post(url, json=body, headers=headers, timeout=options.timeout)
     except httpx.TransportError as exc:
         return Outcome.retry(f"{type(exc).__name__}: {exc}")
+    except Exception as exc:  # the guard: a refused address is permanent, a DNS failure retried
+        outcome = guard_outcome(exc)
+        if outcome is None:
+            raise
+        return outcome
     return _outcome(created)
 
 
 def _outcome(response: httpx.Response) -> Outcome:
+    if response.is_redirect:  # never followed
+        refused = RedirectRefused(response.status_code, response.headers.get("Location"))
+        return Outcome.permanent(str(refused), status_code=response.status_code)
     remote_id = None
     if response.is_success:
         remote_id = str(response.json().get("id") or "") or None
@@ -144,8 +164,7 @@ def _outcome(response: httpx.Response) -> Outcome:
 
 @hookimpl
 def shutdown() -> None:
-    global _client
     with _lock:
-        if _client is not None:
-            _client.close()
-            _client = None
+        for client in _clients.values():
+            client.close()
+        _clients.clear()

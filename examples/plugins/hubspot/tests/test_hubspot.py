@@ -30,7 +30,11 @@ class TestHubSpot(PluginContract):
             yield fake
 
     def options(self, target: FakeHubSpot) -> dict[str, Any]:
-        return {"access_token": "pat-na1-kit-0001", "base_url": target.url("")}
+        return {
+            "access_token": "pat-na1-kit-0001",
+            "base_url": target.url(""),
+            "allow_networks": ["127.0.0.0/8"],  # the fake is on loopback
+        }
 
     def records(self, target: FakeHubSpot) -> int:
         return target.count()
@@ -41,7 +45,12 @@ def test_a_new_call_is_a_call_engagement_and_a_summary_a_note() -> None:
     with FakeHubSpot() as fake:
         destination = make_destination(
             "hubspot",
-            {"access_token": "pat-na1-kit-0002", "base_url": fake.url(""), "owner_id": "77"},
+            {
+                "access_token": "pat-na1-kit-0002",
+                "base_url": fake.url(""),
+                "owner_id": "77",
+                "allow_networks": ["127.0.0.0/8"],
+            },
             plugins=manager,
         )
         for event_type in ("call_create", "call_summary"):
