@@ -168,3 +168,16 @@ def test_the_testing_guide_engine_example_runs(tmp_path: Path, monkeypatch: pyte
     finally:
         for bridge in made:
             bridge.close()
+
+
+def test_the_reserved_destination_variable_is_documented_as_it_behaves():
+    """Issue 14 item 3: templates may name ``destination`` at load, and rendering it fails."""
+    from cxbridge import JsonTemplate, TemplateRenderError
+    from cxbridge.testing import canned_event
+
+    page = (ROOT / "docs" / "templates.md").read_text()
+    assert "`destination` is a reserved name" in page and "'destination' is undefined" in page
+    with pytest.raises(TemplateRenderError, match="'destination' is undefined"):
+        JsonTemplate({"d": "{{ destination.name }}"}).render_bytes(
+            canned_event("call_summary").template_context()
+        )
