@@ -188,3 +188,22 @@ def test_make_delivery_gives_the_id_the_engine_gives(make_bridge, fake_target):
         events=["quality_score"],
     )
     assert make_delivery(event, destination).id == engine_id
+
+
+def test_every_skip_in_the_kit_says_why():
+    import ast
+
+    import cxbridge.testing
+
+    package = Path(cxbridge.testing.__file__).parent
+    for source in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "skip"
+            ):
+                reason = node.args[0] if node.args else None
+                assert isinstance(reason, ast.Constant | ast.JoinedStr), f"{source}:{node.lineno}"
+                text = reason.value if isinstance(reason, ast.Constant) else "f-string"
+                assert len(str(text)) > 20, f"{source}:{node.lineno}: a skip needs a real reason"

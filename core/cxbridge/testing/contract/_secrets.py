@@ -19,6 +19,8 @@ from cxbridge.testing.contract._base import ContractBase
 
 __all__ = ["SecretsContract"]
 
+_FORMAT = logging.Formatter("%(name)s %(message)s")
+
 
 def _secret_values(value: Any) -> Iterator[str]:
     """Every ``SecretStr`` value inside a validated options model."""
@@ -104,8 +106,8 @@ class SecretsContract(ContractBase):
                     "a secret option value appears in an outcome or the attempt log: keep "
                     "secrets out of Outcome.error and response_excerpt (scrub echoed requests)"
                 )
-            for line in caplog.records:
-                assert secret not in line.getMessage(), (
+            for line in caplog.records:  # formatted: a logged exception's traceback counts too
+                assert secret not in _FORMAT.format(line), (
                     f"a secret option value appears in a log line of {line.name!r}: never log "
                     "headers, tokens or options; log the destination name instead"
                 )
