@@ -88,7 +88,7 @@ def render(tenant: str, destination: str, config: Path | None, event_file: Any) 
     plugins = load_plugins(settings)
     try:
         tenants = load_config_dir(settings.config_dir, plugins.destination_types)
-        event = parse_event(event_file.read())
+        event = parse_event(event_file.read(), max_bytes=settings.max_event_bytes)
     except ConfigError as exc:
         _fail("\n".join(str(p) for p in exc.problems))
         return
