@@ -9,7 +9,7 @@ from typing import Any
 
 from liquid import BoundTemplate, Environment, FalsyStrictUndefined, Mode, RenderContext
 from liquid.builtin.expressions.primitive import RangeLiteral
-from liquid.exceptions import LiquidError, LiquidInterrupt, ResourceLimitError
+from liquid.exceptions import LiquidError, LiquidInterrupt, OutputStreamLimitError
 from liquid.output import LimitedStringIO
 
 from cxbridge.errors import TemplateRenderError
@@ -77,6 +77,12 @@ class _Context(RenderContext):
             )
 
 
+def _output_limit() -> OutputStreamLimitError:
+    return OutputStreamLimitError(
+        f"output limit reached ({MAX_OUTPUT:,} characters per render)", token=None
+    )
+
+
 class _Buffer(LimitedStringIO):
     """Output buffer counting characters (cheaper than liquid's UTF-8 byte count)."""
 
@@ -84,9 +90,7 @@ class _Buffer(LimitedStringIO):
         if s:
             self.size += len(s)
             if self.size > self.limit:
-                raise ResourceLimitError(
-                    f"output limit reached ({MAX_OUTPUT:,} characters per render)", token=None
-                )
+                raise _output_limit()
         return super(LimitedStringIO, self).write(s)
 
 
@@ -151,3 +155,9 @@ class _Render:
             ctx.locals.clear()
         self.remaining -= buf.size
         return buf.getvalue()
+
+    def spend(self, size: int) -> None:
+        """Count ``size`` characters written outside a buffer (a typed leaf's value as JSON)."""
+        self.remaining -= size
+        if self.remaining < 0:
+            raise _output_limit()
