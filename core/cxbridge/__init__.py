@@ -28,7 +28,7 @@ from cxbridge.events import (
 from cxbridge.hookspecs import hookimpl
 from cxbridge.outcome import Delivery, Outcome, OutcomeKind, Payload
 from cxbridge.retry import RetryPolicy, outcome_for_status, parse_retry_after
-from cxbridge.templating import Condition, JsonTemplate, TextTemplate
+from cxbridge.templating import Condition, JsonTemplate, TextTemplate, UrlTemplate
 
 __version__ = "0.1.0"
 
@@ -54,6 +54,7 @@ __all__ = [  # noqa: RUF022 - grouped by purpose, like dramatiq's
     "JsonTemplate",
     "RetryPolicy",
     "TextTemplate",
+    "UrlTemplate",
     "outcome_for_status",
     "parse_retry_after",
     # errors

@@ -4,7 +4,7 @@ capped ranges, loop and output limits), and one render's context on it."""
 from __future__ import annotations
 
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from liquid import BoundTemplate, Environment, FalsyStrictUndefined, Mode, RenderContext
@@ -27,6 +27,8 @@ from cxbridge.templating._limits import (
 )
 
 if typing.TYPE_CHECKING:
+    from liquid.ast import Node
+
     from cxbridge.templating._source import _Source
 
 __all__ = ["_ANCHOR", "_ENV", "_CappedRange", "_Render"]
@@ -138,9 +140,13 @@ class _Render:
         _STATE.reset(self.token)
 
     def text(self, template: BoundTemplate) -> str:
+        return self.write(template.nodes)
+
+    def write(self, nodes: Sequence[Node]) -> str:
+        """Render ``nodes`` (a template's, or some of them) to text, within the output budget."""
         ctx = self.context
         buf = _Buffer(self.remaining)
-        for node in template.nodes:
+        for node in nodes:
             try:
                 node.render(ctx, buf)
             except LiquidError as err:

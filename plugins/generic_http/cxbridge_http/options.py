@@ -33,7 +33,7 @@ from pydantic import (
 )
 
 from cxbridge.signing import parse_secret
-from cxbridge.templating import JsonTemplate, TextTemplate
+from cxbridge.templating import JsonTemplate, TextTemplate, UrlTemplate
 
 __all__ = [
     "AUTH_TYPES",
@@ -174,7 +174,10 @@ class HttpOptions(BaseModel):
 
     model_config = _CONFIG
 
-    url: TextTemplate = Field(description="Liquid template of the URL (http or https).")
+    url: UrlTemplate = Field(
+        description="Liquid template of the URL (http or https): the scheme and host are written "
+        "out, values from the event are percent-encoded."
+    )
     method: Literal["POST", "PUT", "PATCH"] = "POST"
     headers: dict[str, TextTemplate] = Field(
         default_factory=dict,
