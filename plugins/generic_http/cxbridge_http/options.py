@@ -46,6 +46,8 @@ __all__ = [
     "OAuth2Auth",
     "SigningSecret",
     "Timeout",
+    "header_value_problem",
+    "is_template",
 ]
 
 # Errors never echo what was typed: these models hold secrets.
@@ -70,6 +72,29 @@ RESERVED_HEADERS = frozenset(
         "idempotency-key",
     }
 )
+
+
+# What HTTP/1.1 can carry in a header value as text: visible ASCII, space and tab. Other
+# characters (é, U+2028) cannot be encoded by the client, CR/LF would split the header.
+_SENDABLE = re.compile(r"[^\t\x20-\x7e]")
+
+
+def header_value_problem(value: str) -> str | None:
+    """Why ``value`` cannot be sent as a header value, or None. Refused rather than encoded: a
+    receiver could not tell an encoding we chose from the data."""
+    bad = _SENDABLE.search(value)
+    if bad is None:
+        return None
+    char = bad.group()
+    return (
+        f"character {char!r} (U+{ord(char):04X}) at position {bad.start() + 1} cannot be sent in "
+        "a header (only printable ASCII can); encode it, e.g. `| url_encode` or `| base64_encode`"
+    )
+
+
+def is_template(source: str) -> bool:
+    """Whether a string option is a Liquid template (rendered per event) or a fixed value."""
+    return "{{" in source or "{%" in source
 
 
 class SigningSecret(BaseModel):
@@ -108,6 +133,13 @@ class BearerAuth(BaseModel):
     model_config = _CONFIG
     type: Literal["bearer"]
     token: SecretStr = Field(min_length=1)
+
+    @field_validator("token")
+    @classmethod
+    def _sendable(cls, value: SecretStr) -> SecretStr:
+        if header_value_problem(value.get_secret_value()):
+            raise ValueError("token must be printable ASCII, as it is sent in a header")
+        return value
 
 
 class BasicAuth(BaseModel):
@@ -220,7 +252,10 @@ class HttpOptions(BaseModel):
     @field_validator("headers")
     @classmethod
     def _header_names(cls, value: dict[str, TextTemplate]) -> dict[str, TextTemplate]:
-        for name in value:
+        for name, template in value.items():
+            problem = header_value_problem(template.source)
+            if problem and not is_template(template.source):
+                raise ValueError(f"header {name}: {problem}")
             if not _TOKEN.match(name):
                 raise ValueError(f"{name!r} is not a valid header name")
             if name.lower() in RESERVED_HEADERS:
@@ -233,8 +268,8 @@ class HttpOptions(BaseModel):
     @field_validator("content_type")
     @classmethod
     def _content_type(cls, value: str | None) -> str | None:
-        if value is not None and (not value.strip() or any(c in value for c in "\r\n")):
-            raise ValueError("content_type must be a single non-empty line")
+        if value is not None and (not value.strip() or header_value_problem(value)):
+            raise ValueError("content_type must be a single non-empty line of printable ASCII")
         return value
 
     @model_validator(mode="after")
