@@ -56,7 +56,7 @@ def test_the_guide_example_plugin_loads_renders_and_delivers(
             "tenant: acme\n"
             + yaml_block.replace("https://crm.internal.example", sink.url("/")[:-1])
         )
-        tenant = load_tenant(tenant_file, manager.destination_types, {"CRM_TOKEN": "t0k"})
+        tenant = load_tenant(tenant_file, manager.destination_types, {"ACME_CRM_TOKEN": "t0k"})
         destination = tenant.destinations["notes"]
         event = make_event("call_summary")
         payload = manager.hooks.transform(event, destination)
