@@ -26,6 +26,7 @@ import cxbridge_http
 from cxbridge import (
     CallSummary,
     Delivery,
+    Destination,
     EventValidationError,
     Payload,
     TemplateRenderError,
@@ -142,10 +143,8 @@ def test_a_header_value_that_cannot_be_sent_is_a_template_error_naming_the_heade
     options = cxbridge_http.HttpOptions.model_validate(
         {"url": "https://hooks.example.com/x", "headers": {"X-Summary": "{{ ai.summary }}"}}
     )
-    from cxbridge import Destination
-
     destination = Destination("acme", "hook", "http", frozenset({"call_summary"}), options=options)
-    with pytest.raises(TemplateRenderError, match="header X-Summary .* cannot be sent"):
+    with pytest.raises(TemplateRenderError, match=r"header X-Summary .* cannot be sent"):
         cxbridge_http.transform(event=summary_event(text), destination=destination)
 
 
@@ -164,8 +163,6 @@ def test_a_stored_payload_with_an_unsendable_header_fails_permanently_without_a_
     sink: HttpSink,
 ) -> None:
     """A payload rendered before the check existed is not retried for 24 hours."""
-    from cxbridge import Destination
-
     options = cxbridge_http.HttpOptions.model_validate(
         {"url": sink.url("/hook"), "allow_networks": ["127.0.0.0/8"]}
     )
@@ -487,7 +484,7 @@ def test_a_dot_segment_from_data_is_a_render_error() -> None:
     template = UrlTemplate("https://h.example.com/cx/{{ id }}/x")
     assert template.render({"id": "a.b"}) == "https://h.example.com/cx/a.b/x"
     for bad in ("..", "."):
-        with pytest.raises(TemplateRenderError, match="'.' or '..' segment"):
+        with pytest.raises(TemplateRenderError, match=r"'\.' or '\.\.' segment"):
             template.render({"id": bad})
 
 
