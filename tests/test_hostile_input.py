@@ -480,12 +480,15 @@ def test_a_path_value_cannot_climb_out_of_its_segment(
     verified_json(request)
 
 
-def test_a_dot_segment_from_data_is_a_render_error() -> None:
+def test_a_dot_segment_or_an_overlong_url_from_data_is_a_render_error() -> None:
     template = UrlTemplate("https://h.example.com/cx/{{ id }}/x")
     assert template.render({"id": "a.b"}) == "https://h.example.com/cx/a.b/x"
     for bad in ("..", "."):
         with pytest.raises(TemplateRenderError, match=r"'\.' or '\.\.' segment"):
             template.render({"id": bad})
+    # 3,000 characters that encode to 18,000 (found by the property test: httpx refuses it)
+    with pytest.raises(TemplateRenderError, match="over the limit of 8,192"):
+        template.render({"id": "é" * 3000})
 
 
 @pytest.mark.parametrize(

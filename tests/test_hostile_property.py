@@ -30,8 +30,8 @@ from tests.http_sink import HttpSink
 SECRET = generate_secret()
 
 # Any code point (lone surrogates and control characters included), Liquid and JSON markup, and
-# sizes around the event limit.
-hostile_text = st.one_of(
+# sizes around the event limit (drawn as a piece and a count, so that examples print short).
+hostile_piece = st.one_of(
     st.text(st.characters(codec=None, exclude_categories=()), max_size=40),
     st.sampled_from(
         [
@@ -48,8 +48,18 @@ hostile_text = st.one_of(
             "a&b=c#d?e",
         ]
     ),
-    st.integers(0, MAX_EVENT_BYTES + 10_000).map(lambda n: "x" * n),
 )
+hostile_text = st.one_of(
+    st.tuples(hostile_piece, st.just(1)),
+    st.tuples(
+        st.sampled_from(["x", "é", "\x01", "\u2028"]), st.integers(0, MAX_EVENT_BYTES + 10_000)
+    ),
+)
+
+
+def text(drawn: tuple[str, int]) -> str:
+    piece, count = drawn
+    return piece * count
 
 
 def destinations(base: str) -> list[Destination]:
@@ -102,29 +112,29 @@ def receiver() -> Iterator[HttpSink]:
 )
 def test_hostile_event_text_is_refused_or_sendable(
     receiver: HttpSink,
-    event_id: str,
-    call_id: str,
-    external_id: str,
-    agent: str,
-    queue: str,
-    summary: str,
-    tags: list[str],
-    extra_key: str,
-    extra_value: str,
+    event_id: tuple[str, int],
+    call_id: tuple[str, int],
+    external_id: tuple[str, int],
+    agent: tuple[str, int],
+    queue: tuple[str, int],
+    summary: tuple[str, int],
+    tags: list[tuple[str, int]],
+    extra_key: tuple[str, int],
+    extra_value: tuple[str, int],
 ) -> None:
     data = {
-        "id": event_id,
+        "id": text(event_id),
         "type": "call_summary",
         "occurredAt": "2026-01-01T10:00:00Z",
         "tenant": "acme",
         "call": {
-            "id": call_id,
-            "externalId": external_id,
-            "agent": {"id": "a1", "name": agent},
-            "queue": queue,
+            "id": text(call_id),
+            "externalId": text(external_id),
+            "agent": {"id": "a1", "name": text(agent)},
+            "queue": text(queue),
         },
-        "ai": {"summary": summary, "tags": tags},
-        "note": {extra_key: extra_value},
+        "ai": {"summary": text(summary), "tags": [text(tag) for tag in tags]},
+        "note": {text(extra_key): text(extra_value)},
     }
     try:
         event = parse_event(data)
@@ -150,7 +160,10 @@ def test_hostile_event_text_is_refused_or_sendable(
         assert url.netloc == host and not url.path.startswith("/admin")
         delivery = Delivery("dlv_p", "acme", destination.name, event.id, event.type, 1, payload)
         outcome = cxbridge_http.deliver(delivery=delivery, destination=destination)
-        assert outcome is not None and outcome.kind is OutcomeKind.DELIVERED, outcome.error
+        assert outcome is not None and outcome.kind is OutcomeKind.DELIVERED, (
+            destination.name,
+            outcome.error,
+        )
         request = receiver.requests[-1]
         assert request.body == payload.body
         verify(request.body, dict(request.headers), SECRET)

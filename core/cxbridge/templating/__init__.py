@@ -33,6 +33,7 @@ from cxbridge.templating._limits import (
     MAX_LOOP_ITERATIONS,
     MAX_OUTPUT,
     MAX_STRING,
+    MAX_URL,
     zone,
 )
 from cxbridge.templating._templates import Condition, TextTemplate
@@ -46,6 +47,7 @@ __all__ = [
     "MAX_LOOP_ITERATIONS",
     "MAX_OUTPUT",
     "MAX_STRING",
+    "MAX_URL",
     "Condition",
     "JsonTemplate",
     "TextTemplate",

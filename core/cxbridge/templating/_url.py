@@ -14,6 +14,7 @@ from liquid.exceptions import LiquidError
 
 from cxbridge.errors import TemplateRenderError
 from cxbridge.templating._environment import _Render
+from cxbridge.templating._limits import MAX_URL
 from cxbridge.templating._source import Leaf
 from cxbridge.templating._templates import TextTemplate
 
@@ -53,7 +54,8 @@ class UrlTemplate(TextTemplate):
       one segment (``quote(value, safe="")``: ``/`` becomes ``%2F``), after the first ``?`` like a
       form value (``quote_plus``: ``&`` becomes ``%26``, a space ``+``). Do not add ``url_encode``
       yourself (refused: it would encode twice).
-    * A rendered path with a ``.`` or ``..`` segment is refused when rendering.
+    * A rendered path with a ``.`` or ``..`` segment, or a URL over :data:`MAX_URL` characters, is
+      refused when rendering.
     * Only ``{{ }}`` outputs; ``{% %}`` tags are refused (write ``| default:`` for alternatives).
     """
 
@@ -113,6 +115,12 @@ class UrlTemplate(TextTemplate):
         finally:
             run.close()
         url = "".join(parts)
+        if len(url) > MAX_URL:
+            raise TemplateRenderError(
+                f"url renders to {len(url):,} characters, over the limit of {MAX_URL:,}: put long "
+                "values in the body",
+                path=self._src.leaf,
+            )
         path = urlsplit(url).path
         if any(unquote(segment) in (".", "..") for segment in path.split("/")):
             raise TemplateRenderError(
