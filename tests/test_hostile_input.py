@@ -135,7 +135,7 @@ def _fresh_plugin_state() -> Any:
 
 
 @pytest.mark.parametrize(
-    "text", ["Café résumé", "line\u2028separator", "a\rb", "nul\x00", "tab\x7f"]
+    "text", ["Café résumé", "line\u2028separator", "a\rb", "nul\x00", "tab\x7f", "x" * 9000]
 )
 def test_a_header_value_that_cannot_be_sent_is_a_template_error_naming_the_header(
     text: str,

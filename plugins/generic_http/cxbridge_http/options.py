@@ -37,6 +37,7 @@ from cxbridge.templating import JsonTemplate, TextTemplate, UrlTemplate
 
 __all__ = [
     "AUTH_TYPES",
+    "MAX_HEADER_VALUE",
     "Auth",
     "BasicAuth",
     "BearerAuth",
@@ -79,9 +80,18 @@ RESERVED_HEADERS = frozenset(
 _SENDABLE = re.compile(r"[^\t\x20-\x7e]")
 
 
+# Longest header value sent: servers commonly refuse longer header lines (HTTP 431).
+MAX_HEADER_VALUE = 8 * 1024
+
+
 def header_value_problem(value: str) -> str | None:
     """Why ``value`` cannot be sent as a header value, or None. Refused rather than encoded: a
     receiver could not tell an encoding we chose from the data."""
+    if len(value) > MAX_HEADER_VALUE:
+        return (
+            f"{len(value):,} characters is over the limit of {MAX_HEADER_VALUE:,} for a header; "
+            "put long values in the body"
+        )
     bad = _SENDABLE.search(value)
     if bad is None:
         return None
