@@ -372,6 +372,21 @@ def http_types() -> Any:
     return manager.destination_types
 
 
+def only_problem(tmp_path: Path, options: str) -> Any:
+    """The one problem of tenant acme's file whose ``http`` destination ``hook`` (line 3) has the
+    option lines ``options`` (from line 6)."""
+    path = write_tenant(
+        tmp_path,
+        "acme",
+        "destinations:\n  hook:\n    type: http\n    events: [call_summary]\n"
+        + textwrap.indent(options, "    "),
+    )
+    with pytest.raises(ConfigError) as info:
+        load_tenant(path, http_types(), {})
+    (problem,) = info.value.problems
+    return problem
+
+
 def test_a_tenant_cannot_read_another_tenants_variable(tmp_path: Path) -> None:
     write_tenant(tmp_path, "a", HOOK.format(ref="${A_HOOK}"))
     b = write_tenant(tmp_path, "b", HOOK.format(ref="${A_SECRET}"))
@@ -504,21 +519,8 @@ def test_a_dot_segment_or_an_overlong_url_from_data_is_a_render_error() -> None:
 def test_url_templates_whose_host_could_come_from_data_are_refused_at_load(
     tmp_path: Path, url: str, column: int
 ) -> None:
-    path = write_tenant(
-        tmp_path,
-        "acme",
-        f"""
-        destinations:
-          hook:
-            type: http
-            events: [call_summary]
-            url: "{url}"
-        """,
-    )
-    with pytest.raises(ConfigError) as info:
-        load_tenant(path, http_types(), {})
-    (problem,) = info.value.problems
-    assert (problem.line, problem.column) == (7, 10 + column)
+    problem = only_problem(tmp_path, f'url: "{url}"')
+    assert (problem.line, problem.column) == (6, 10 + column)
     assert problem.message.startswith("destinations.hook.url: ")
 
 
@@ -570,22 +572,10 @@ def test_standardwebhooks_verifies_json_bodies_only_raw_byte_checks_verify_text_
 def test_filters_missing_arguments_that_would_delete_text_are_refused_at_load(
     tmp_path: Path, source: str, message: str
 ) -> None:
-    path = write_tenant(
-        tmp_path,
-        "acme",
-        f"""
-        destinations:
-          hook:
-            type: http
-            events: [call_summary]
-            url: https://hooks.example.com/x
-            body: {{text: "{source}"}}
-        """,
+    problem = only_problem(
+        tmp_path, f'url: https://hooks.example.com/x\nbody: {{text: "{source}"}}'
     )
-    with pytest.raises(ConfigError) as info:
-        load_tenant(path, http_types(), {})
-    (problem,) = info.value.problems
-    assert (problem.line, problem.column) == (8, 35)
+    assert (problem.line, problem.column) == (7, 35)
     assert message in problem.message
     assert TextTemplate("{{ s | replace: 'a', '' | truncate: 3 }}").render({"s": "banana"}) == "..."
     with pytest.raises(TemplateSyntaxError):
