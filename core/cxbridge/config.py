@@ -201,7 +201,12 @@ class _EnvScope:
         def refuse(name: str) -> str | None:
             if name in self.allow:
                 return None
-            if not tenant or not name.startswith(own):
+            if not tenant:
+                return (
+                    f"environment variable {name} cannot be read: a file that names no tenant "
+                    "may read only the variables listed in CXBRIDGE_TENANT_ENV_ALLOW"
+                )
+            if not name.startswith(own):
                 return (
                     f"environment variable {name} is not this tenant's: tenant {tenant!r} may read "
                     f"only names starting with {own} and those listed in "

@@ -63,7 +63,7 @@ MAX_EVENT_DEPTH = 32
 _LIMIT_ERROR = "event_limit"
 
 
-def _unsendable(data: Any) -> tuple[str, str] | None:
+def _unsendable(data: Any) -> tuple[tuple[str | int, ...], str] | None:
     """The first place in raw event data that cannot be stored or sent, as (path, reason).
 
     Iterative, so that no nesting depth can overflow the stack while looking.
@@ -73,15 +73,15 @@ def _unsendable(data: Any) -> tuple[str, str] | None:
         value, path = stack.pop()
         if isinstance(value, str):
             if _SURROGATE.search(value):
-                return _dotted(path), "text holds a lone surrogate (not valid Unicode)"
+                return path, "text holds a lone surrogate (not valid Unicode)"
             continue
         if isinstance(value, dict | list | tuple):
             if len(path) >= MAX_EVENT_DEPTH:
-                return _dotted(path), f"nested deeper than {MAX_EVENT_DEPTH} levels"
+                return path, f"nested deeper than {MAX_EVENT_DEPTH} levels"
             items = value.items() if isinstance(value, dict) else enumerate(value)
             for key, item in items:
                 if isinstance(key, str) and _SURROGATE.search(key):
-                    return _dotted((*path, key)), "field name holds a lone surrogate"
+                    return (*path, key), "field name holds a lone surrogate"
                 stack.append((item, (*path, key)))
     return None
 
@@ -194,11 +194,9 @@ class _Envelope(_Wire):
     def _storable(cls, data: Any) -> Any:
         problem = _unsendable(data)
         if problem is not None:
-            raise PydanticCustomError(
-                _LIMIT_ERROR,
-                "{path}: {reason}",
-                dict(zip(("path", "reason"), problem, strict=True)),
-            )
+            path, reason = problem
+            context = {"where": _dotted(path), "steps": list(path), "reason": reason}
+            raise PydanticCustomError(_LIMIT_ERROR, "{where}: {reason}", context)
         return data
 
     def template_context(self, timezone: str = "UTC") -> dict[str, Any]:
@@ -334,17 +332,11 @@ def parse_event(data: dict[str, Any] | bytes | str, *, max_bytes: int = MAX_EVEN
 
 
 def _problem(err: Any) -> tuple[str, str]:
-    """One pydantic error as (field path, message); a storage limit names its own path."""
-    where = _dotted(tuple(err["loc"]))
+    """One pydantic error as (field path, message); a storage limit adds the path inside the
+    event that it found."""
     if err["type"] == _LIMIT_ERROR:
-        ctx = err["ctx"]
-        inner = ctx["path"]
-        if where != "(event)" and inner != "(event)":
-            inner = f"{where}.{inner}"
-        elif inner == "(event)":
-            inner = where
-        return inner, ctx["reason"]
-    return where, err["msg"]
+        return _dotted((*err["loc"], *err["ctx"]["steps"])), err["ctx"]["reason"]
+    return _dotted(tuple(err["loc"])), err["msg"]
 
 
 def _too_large(size: int, limit: int) -> str:
