@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import json
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,27 +77,34 @@ def nested(depth: int) -> Any:
 # -- the engine, the real http plugin, a verifying receiver ----------------------------------------
 
 
-def http_engine(
-    make_engine: MakeEngine, tmp_path: Path, sink: HttpSink, destinations: dict[str, Any]
-) -> Engine:
-    """An engine whose tenant ``acme`` has the given ``http`` destinations (url relative to the
-    sink), each signed with SECRET and subscribed to call_summary."""
-    config: dict[str, Any] = {}
-    for name, options in destinations.items():
-        config[name] = {
-            "type": "http",
-            "events": ["call_summary"],
-            "secrets": ["${ACME_HOOK_SECRET}"],
-            "allow_networks": ["127.0.0.0/8"],
-            **options,
-            "url": sink.url("/") + options["url"].lstrip("/"),
+HttpEngine = Callable[[dict[str, Any]], Engine]
+
+
+@pytest.fixture
+def http_engine(make_engine: MakeEngine, tmp_path: Path, sink: HttpSink) -> HttpEngine:
+    """Builds an engine whose tenant ``acme`` has the given ``http`` destinations (url relative
+    to the sink), each signed with SECRET and subscribed to call_summary."""
+
+    def build(destinations: dict[str, Any]) -> Engine:
+        config = {
+            name: {
+                "type": "http",
+                "events": ["call_summary"],
+                "secrets": ["${ACME_HOOK_SECRET}"],
+                "allow_networks": ["127.0.0.0/8"],
+                **options,
+                "url": sink.url("/") + options["url"].lstrip("/"),
+            }
+            for name, options in destinations.items()
         }
-    manager = PluginManager(allow=["http"])
-    manager.load_entrypoints()
-    assert manager.failures == []
-    tenant = json.dumps({"tenant": "acme", "destinations": config})
-    engine, _, _ = make_engine(tmp_path, tenant_yaml=tenant, env=ENV, manager=manager)
-    return engine
+        manager = PluginManager(allow=["http"])
+        manager.load_entrypoints()
+        assert manager.failures == []
+        tenant = json.dumps({"tenant": "acme", "destinations": config})
+        engine, _, _ = make_engine(tmp_path, tenant_yaml=tenant, env=ENV, manager=manager)
+        return engine
+
+    return build
 
 
 def run(engine: Engine, event: Any) -> dict[str, str]:
@@ -178,12 +186,9 @@ def test_a_stored_payload_with_an_unsendable_header_fails_permanently_without_a_
 
 
 def test_engine_dead_letters_an_unsendable_header_at_fan_out_and_delivers_the_rest(
-    make_engine: MakeEngine, tmp_path: Path, sink: HttpSink
+    http_engine: HttpEngine, sink: HttpSink
 ) -> None:
     engine = http_engine(
-        make_engine,
-        tmp_path,
-        sink,
         {
             "headed": {"url": "/headed", "headers": {"X-Summary": "{{ ai.summary }}"}},
             "plain": {"url": "/plain", "body": {"summary": "{{ ai.summary }}"}},
@@ -248,13 +253,10 @@ def test_the_json_text_of_a_body_is_capped_with_its_escapes() -> None:
 
 
 def test_engine_dead_letters_a_body_over_the_limit_built_from_typed_leaves(
-    make_engine: MakeEngine, tmp_path: Path, sink: HttpSink
+    http_engine: HttpEngine, sink: HttpSink
 ) -> None:
     leaves = {f"copy{i}": "{{ ai.summary }}" for i in range(10)}
     engine = http_engine(
-        make_engine,
-        tmp_path,
-        sink,
         {"bomb": {"url": "/bomb", "body": leaves}, "fine": {"url": "/fine"}},
     )
     summary = "s" * (200 * 1024)  # a legal event: 10 copies make 2 MB
@@ -300,9 +302,9 @@ def test_json_text_with_a_lone_surrogate_or_deep_nesting_is_refused() -> None:
 
 
 def test_nesting_up_to_the_limit_is_accepted_and_delivered(
-    make_engine: MakeEngine, tmp_path: Path, sink: HttpSink
+    http_engine: HttpEngine, sink: HttpSink
 ) -> None:
-    engine = http_engine(make_engine, tmp_path, sink, {"all": {"url": "/all"}})
+    engine = http_engine({"all": {"url": "/all"}})
     deep = nested(MAX_EVENT_DEPTH - 1)  # the envelope is level 1
     event = parse_event(event_data(meta=deep, note="emoji 😀 and \u2028"))
     assert run(engine, event) == {"all": "delivered"}
@@ -336,9 +338,9 @@ def test_the_size_limit_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_an_event_just_under_the_limit_is_delivered_whole(
-    make_engine: MakeEngine, tmp_path: Path, sink: HttpSink
+    http_engine: HttpEngine, sink: HttpSink
 ) -> None:
-    engine = http_engine(make_engine, tmp_path, sink, {"all": {"url": "/all"}})
+    engine = http_engine({"all": {"url": "/all"}})
     summary = "é" * (MAX_EVENT_BYTES // 2 - 1024)  # two bytes each in UTF-8
     event = summary_event(summary)
     assert run(engine, event) == {"all": "delivered"}
@@ -474,12 +476,9 @@ def test_render_hides_variable_values_and_secrets(
 
 
 def test_a_path_value_cannot_climb_out_of_its_segment(
-    make_engine: MakeEngine, tmp_path: Path, sink: HttpSink
+    http_engine: HttpEngine, sink: HttpSink
 ) -> None:
     engine = http_engine(
-        make_engine,
-        tmp_path,
-        sink,
         {"hook": {"url": "/cx/{{ call.externalId }}/notes?who={{ ai.summary }}&x=1"}},
     )
     event = parse_event(
@@ -528,12 +527,9 @@ def test_url_templates_whose_host_could_come_from_data_are_refused_at_load(
 
 
 def test_standardwebhooks_verifies_json_bodies_only_raw_byte_checks_verify_text_bodies(
-    make_engine: MakeEngine, tmp_path: Path, sink: HttpSink
+    http_engine: HttpEngine, sink: HttpSink
 ) -> None:
     engine = http_engine(
-        make_engine,
-        tmp_path,
-        sink,
         {
             "json": {"url": "/json"},
             "text": {"url": "/text", "text_body": "summary={{ ai.summary | url_encode }}"},
