@@ -57,7 +57,8 @@ __all__ = [
 
 
 MAX_EVENT_BYTES = 256 * 1024
-"""Default cap on an event's JSON, as received and as stored (``CXBRIDGE_MAX_EVENT_BYTES``)."""
+"""Default cap on an event's JSON in bytes, as received (a mapping: as stored); setting
+``CXBRIDGE_MAX_EVENT_BYTES``."""
 MAX_EVENT_DEPTH = 32
 """Most levels of objects and lists in one event, counted from the envelope (``call.agent`` is 2)."""
 _LIMIT_ERROR = "event_limit"

@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     max_event_bytes: int = Field(
         MAX_EVENT_BYTES,
         ge=1024,
-        description="Largest event accepted, in bytes of JSON (as received and as stored).",
+        description="Largest event accepted, in bytes of its JSON as received (a mapping: as stored).",
     )
     tenant_env_allow: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
