@@ -55,6 +55,8 @@ deliveries = sa.Table(
     sa.Column("next_attempt_at", sa.Float),
     sa.Column("enqueued_at", sa.Float),
     sa.Column("lease_until", sa.Float),
+    # The fencing token of the current lease: only the attempt holding it may record a result.
+    sa.Column("lease_token", sa.String(32)),
     sa.Column("delivered_at", sa.Float),
     sa.Column("last_error", sa.Text),
     sa.Column("remote_id", sa.String(200)),
@@ -77,6 +79,8 @@ attempts = sa.Table(
     sa.Column("retry_after", sa.Float),
     sa.Column("remote_id", sa.String(200)),
     sa.Column("response_excerpt", sa.Text),
+    # A result that came back after its lease was lost: logged, changed nothing.
+    sa.Column("stale", sa.Boolean, nullable=False, default=False, server_default=sa.false()),
 )
 dead_letters = sa.Table(
     "dead_letters",
@@ -101,7 +105,26 @@ schema_version = sa.Table(
     "cxbridge_schema_version", metadata, sa.Column("version", sa.Integer, nullable=False)
 )
 
-# Each migration brings the schema from version i to i + 1. Version 1 is the tables above.
+
+def _add_columns(conn: sa.Connection, table: sa.Table, *names: str) -> None:
+    """``ALTER TABLE … ADD COLUMN`` for the named columns of ``table`` that the database lacks
+    (a database created by migration 1 of this version already has them)."""
+    present = {column["name"] for column in sa.inspect(conn).get_columns(table.name)}
+    for name in names:
+        if name not in present:
+            ddl = sa.schema.CreateColumn(table.c[name]).compile(dialect=conn.dialect)
+            conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {ddl}"))
+
+
+def _fencing(conn: sa.Connection) -> None:
+    """Version 2: lease tokens on deliveries, the stale mark on attempts."""
+    _add_columns(conn, deliveries, "lease_token")
+    _add_columns(conn, attempts, "stale")
+
+
+# Each migration brings the schema from version i to i + 1. Version 1 created the tables above
+# (as they were then: the later migrations add what it lacked).
 MIGRATIONS: list[Callable[[sa.Connection], None]] = [
-    lambda conn: metadata.create_all(conn, tables=[t for t in metadata.sorted_tables])
+    lambda conn: metadata.create_all(conn, tables=[t for t in metadata.sorted_tables]),
+    _fencing,
 ]
