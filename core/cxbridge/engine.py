@@ -6,8 +6,12 @@ loses nothing and sends nothing twice at once (a delivery is leased while an att
 
 The retry decision is ours, not Dramatiq's ``Retries`` middleware (which cannot stop "24 hours after the
 first attempt"): each failed attempt stores ``next_attempt_at``; short waits are handed to the broker as a
-delay, long ones wait in the store until the scheduler enqueues them. The scheduler also re-enqueues
-deliveries whose message was lost or whose worker died.
+delay, long ones wait in the store until the scheduler enqueues them. The scheduler also sends again
+the messages the broker lost (counting, so that a long queue is not mistaken for lost messages).
+
+Every attempt is fenced: its lease carries a token that recording the result must present, so a result
+that comes back after its lease was taken over changes nothing (it is kept as a stale attempt row).
+While an attempt runs, the engine's heartbeat thread renews its lease.
 """
 
 from __future__ import annotations
@@ -53,7 +57,8 @@ class Engine:
         renewed every ``lease_seconds / 3`` (by :meth:`start`'s heartbeat thread), so attempts may
         run longer; a lease stops being renewed only when its process dies or freezes, and then
         another worker may attempt the delivery once the lease has run out.
-    :param lost_after: a delivery enqueued this long ago and still not attempted is enqueued again.
+    :param lost_after: a delivery whose message the broker no longer holds is enqueued again once
+        the message was sent this long ago (plus the broker's redelivery bound); see :meth:`sweep`.
     :param short_delay: waits up to this many seconds go to the broker as a delay; longer ones wait in
         the store for the scheduler.
     """
