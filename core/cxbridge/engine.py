@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 ACTOR_NAME = "cxbridge_deliver"
 QUEUE_NAME = "cxbridge"  # the default of CXBRIDGE_QUEUE_NAME
 SWEEP_BATCH = 1000  # deliveries the scheduler reads and enqueues per query
+SWEEP_BATCHES = 100  # at most this many batches of due deliveries per scheduler pass
 
 
 class Engine:
@@ -271,7 +272,9 @@ class Engine:
         """Enqueue deliveries that are due and have no message yet, and send again the messages the
         broker has lost. Returns how many messages were sent."""
         sent = 0
-        while True:
+        # Batch after batch while batches come back full (a backlog fell due at once), but bounded:
+        # a clock stepped back between a read and its mark could otherwise select a batch again.
+        for _ in range(SWEEP_BATCHES):
             due = self.store.due(limit=SWEEP_BATCH)
             self.enqueue(due)
             sent += len(due)
