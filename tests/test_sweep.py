@@ -15,7 +15,7 @@ from dramatiq.message import Message
 
 from cxbridge.brokers import SQLiteBroker, broker_from_url
 from cxbridge.brokers.depth import queue_depth
-from cxbridge.store import DeliveryFilter
+from cxbridge.store import DeliveryFilter, deliveries
 from tests.engine_support import MakeEngine, make_event
 
 # Past lost_after plus every broker's redelivery bound (Redis: 30 s).
@@ -121,3 +121,19 @@ def test_the_stub_broker_is_counted_too(make_engine: MakeEngine, tmp_path: Path)
     engine.accept(make_event("call_summary"))
     depth = queue_depth(engine.broker, engine.queue_name)
     assert depth is not None and depth.messages == 1 and depth.redelivery_bound == 0
+
+
+def test_a_backlog_due_at_once_reaches_the_broker_in_one_pass(
+    make_engine: MakeEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr("cxbridge.engine.SWEEP_BATCH", 2)
+    engine, _, _ = make_engine(tmp_path)
+    for _ in range(5):
+        engine.accept(make_event("call_summary"))
+    engine.broker.flush_all()
+    with engine.store.engine.begin() as conn:  # back from a long wait in the store: no message yet
+        conn.execute(deliveries.update().values(enqueued_at=None))
+
+    assert engine.sweep() == 5  # three batches of at most 2
+    assert engine.broker.queues[engine.queue_name].qsize() == 5
+    assert engine.sweep() == 0

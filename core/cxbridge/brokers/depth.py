@@ -48,10 +48,11 @@ def queue_depth(broker: dramatiq.Broker, queue_name: str) -> QueueDepth | None:
     - Dramatiq's ``RedisBroker``: the message hashes of the queue and its ``.DQ`` (a message stays in
       its hash until acknowledged, so this counts fetched ones too); a dead worker's messages are
       requeued after ``heartbeat_timeout``.
-    - Dramatiq's ``RabbitmqBroker``: the ready counts of the queue and its ``.DQ`` (a passive count
-      cannot see messages a live consumer holds unacknowledged, including delayed ones it keeps
-      until their time: see docs/architecture.md for what that costs); a dead consumer's messages
-      return to the queue when its connection closes.
+    - Dramatiq's ``RabbitmqBroker``: the ready counts of the queue and its ``.DQ``, from declaring
+      them again as Dramatiq does (``get_queue_message_counts``). That cannot see messages a live
+      consumer holds unacknowledged, including delayed ones it keeps until their time (see
+      docs/architecture.md for what that costs); a dead consumer's messages return to the queue
+      when its connection closes.
     - Dramatiq's ``StubBroker`` (tests): the unfinished tasks of both queues.
     """
     if isinstance(broker, SQLiteBroker):
