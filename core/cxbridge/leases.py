@@ -47,7 +47,7 @@ class LeaseHeartbeat:
         """Renew every held lease now; returns how many were renewed."""
         with self._lock:
             held = dict(self._held)
-        renewed = self.store.extend_leases(list(held), self.lease_seconds)
+        renewed = self.store.extend_leases(held, self.lease_seconds)
         with self._lock:
             # Still held but not renewed: another worker took the lease over. Its attempt's result
             # will be recorded as stale.

@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets
-from collections.abc import Iterable, Iterator, Sequence
-from datetime import datetime
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -19,7 +19,6 @@ from cxbridge.store._records import (
     DeliveryFilter,
     DeliveryRecord,
     NewDelivery,
-    _dt,
     _ts,
 )
 from cxbridge.store._schema import (
@@ -115,7 +114,7 @@ class Store:
         if not self.db_clock:
             return self.clock.now()
         with self._reader.connect() as conn:
-            return _dt(float(conn.execute(sa.select(DB_NOW)).scalar_one())) or self.clock.now()
+            return datetime.fromtimestamp(float(conn.execute(sa.select(DB_NOW)).scalar_one()), UTC)
 
     def migrate(self) -> int:
         """Apply pending migrations; returns the schema version."""
@@ -259,15 +258,17 @@ class Store:
         mapping = dict(zip(names, row, strict=True))
         return DeliveryRecord.from_mapping(mapping), mapping["disabled_reason"]
 
-    def extend_leases(self, tokens: Sequence[str], lease_seconds: float) -> set[str]:
-        """Renew the leases that ``tokens`` still hold to ``lease_seconds`` from now; returns the
-        tokens renewed (a missing one lost its lease, or its attempt has just finished)."""
-        if not tokens:
+    def extend_leases(self, leases: Mapping[str, str], lease_seconds: float) -> set[str]:
+        """Renew the leases given as ``{token: delivery id}`` that still hold their deliveries, to
+        ``lease_seconds`` from now; returns the tokens renewed (a missing one lost its lease)."""
+        if not leases:
             return set()
         c = deliveries.c
         statement = (
             deliveries.update()
-            .where(c.lease_token.in_(list(tokens)), c.status == PENDING)
+            # By primary key; a random token matches only the row it was issued for.
+            .where(c.id.in_(list(leases.values())), c.lease_token.in_(list(leases)))
+            .where(c.status == PENDING)
             .values(lease_until=self._lease_now + lease_seconds)
             .returning(c.lease_token)
         )
