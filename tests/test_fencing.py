@@ -54,7 +54,7 @@ def in_thread(target: Callable[[], object]) -> tuple[threading.Thread, list[obje
 
 
 def test_a_late_result_after_the_lease_ran_out_changes_nothing(
-    make_engine: MakeEngine, tmp_path: Path, store_url: str
+    make_engine: MakeEngine, tmp_path: Path, store_url: str, caplog: pytest.LogCaptureFixture
 ):
     answer = BlockingFirstAttempt(Outcome.permanent("HTTP 400", status_code=400))
     engine, plugin, clock = make_engine(
@@ -66,6 +66,7 @@ def test_a_late_result_after_the_lease_ran_out_changes_nothing(
     assert answer.started.wait(10)
     clock.advance(LEASE + 1)  # the first attempt is taken as lost
     assert engine.process(delivery_id) == Outcome.delivered()  # a second worker delivers it
+    assert engine.heartbeat.beat() == 0  # the first attempt's lease is not renewed any more
     answer.release.set()  # ... and then the first attempt's late 400 comes back
     slow.join(10)
 
@@ -82,6 +83,12 @@ def test_a_late_result_after_the_lease_ran_out_changes_nothing(
     assert plugin.failed == []  # on_delivery_failed is not called for a delivered event
     assert engine.store.dead_letters_of(delivery_id) == []
     assert engine.process(delivery_id) is None
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(f"lease of delivery {delivery_id} was lost" in m for m in warnings)
+    assert any(
+        m.startswith(f"stale result discarded: attempt 1 of delivery {delivery_id}")
+        for m in warnings
+    )
 
 
 def test_a_late_retry_schedules_nothing_and_a_late_410_disables_nothing(
