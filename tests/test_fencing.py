@@ -13,37 +13,15 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from cxbridge import Delivery, Outcome
+from cxbridge import Outcome
 from cxbridge.clock import SystemClock
 from cxbridge.outcome import Payload
 from cxbridge.replay import replay
 from cxbridge.store import DeliveryFilter, NewDelivery, Store, metadata, schema_version
 from tests.engine_support import MakeEngine, make_event
-from tests.scripted_plugin import ScriptedPlugin
+from tests.scripted_plugin import BlockingFirstAttempt, ScriptedPlugin
 
 LEASE = 60.0
-
-
-class BlockingFirstAttempt:
-    """A plugin answer: the first call blocks until released and then returns ``first``; later
-    calls return ``later`` at once."""
-
-    def __init__(self, first: Outcome, later: Outcome | None = None) -> None:
-        self.first, self.later = first, later or Outcome.delivered()
-        self.started = threading.Event()
-        self.release = threading.Event()
-        self._calls = 0
-        self._lock = threading.Lock()
-
-    def __call__(self, delivery: Delivery) -> Outcome:
-        with self._lock:
-            self._calls += 1
-            first = self._calls == 1
-        if not first:
-            return self.later
-        self.started.set()
-        assert self.release.wait(30), "the test never released the first attempt"
-        return self.first
 
 
 def in_thread(target: Callable[[], object]) -> tuple[threading.Thread, list[object]]:

@@ -3,8 +3,6 @@ what the broker no longer holds. On the embedded SQLite broker, real Redis and r
 
 from __future__ import annotations
 
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,12 +12,12 @@ import dramatiq
 import pytest
 from dramatiq.message import Message
 
-from cxbridge import Delivery, Outcome
+from cxbridge import Outcome
 from cxbridge.brokers import SQLiteBroker, broker_from_url
 from cxbridge.brokers.depth import queue_depth
-from cxbridge.store import DeliveryFilter, deliveries
-from tests.engine_support import MakeEngine, make_event
-from tests.scripted_plugin import ScriptedPlugin
+from cxbridge.store import deliveries
+from tests.engine_support import MakeEngine, make_event, wait_until_settled
+from tests.scripted_plugin import BlockingFirstAttempt, ScriptedPlugin
 
 # Past lost_after plus every broker's redelivery bound (Redis: 30 s).
 LONG_AGO = 3600.0
@@ -91,10 +89,7 @@ def test_messages_flushed_behind_the_engines_back_are_sent_again_and_delivered(
 
     engine.start(threads=2, scheduler=False)
     try:
-        deadline = time.monotonic() + 30
-        while engine.store.count_deliveries(DeliveryFilter(status="delivered")) < 3:
-            assert time.monotonic() < deadline, engine.store.status_counts()
-            time.sleep(0.05)
+        assert wait_until_settled(engine) == {"delivered": 3}
     finally:
         engine.stop()
     assert sorted(d.id for d in plugin.calls) == sorted(ids)
@@ -145,17 +140,11 @@ def test_a_backlog_due_at_once_reaches_the_broker_in_one_pass(
 def test_messages_waiting_behind_a_busy_consumer_are_not_sent_again(
     make_engine: MakeEngine, tmp_path: Path, broker: dramatiq.Broker
 ):
-    release = threading.Event()
-
-    def slow_first(delivery: Delivery) -> Outcome:
-        if delivery.event_id == "evt-busy-0":
-            assert release.wait(30)
-        return Outcome.delivered()
-
+    answer = BlockingFirstAttempt(Outcome.delivered())
     queue = f"cxbridge-test-{uuid.uuid4().hex[:12]}"
     engine, plugin, clock = make_engine(
         tmp_path,
-        plugin=ScriptedPlugin(default=slow_first),
+        plugin=ScriptedPlugin(default=answer),
         broker=broker,
         queue_name=queue,
         lost_after=60,
@@ -166,10 +155,7 @@ def test_messages_waiting_behind_a_busy_consumer_are_not_sent_again(
     ]
     engine.start(threads=1, scheduler=False)
     try:
-        deadline = time.monotonic() + 10
-        while not plugin.calls:
-            assert time.monotonic() < deadline, "the worker did not start the first attempt"
-            time.sleep(0.01)
+        assert answer.started.wait(10)
         resent = 0
         for _ in range(3):
             clock.advance(LONG_AGO)  # four messages wait behind the busy consumer far too long
@@ -178,13 +164,10 @@ def test_messages_waiting_behind_a_busy_consumer_are_not_sent_again(
         # The SQLite broker and Redis count the messages a consumer holds; RabbitMQ cannot see
         # them (the consumer prefetches 2 with 1 thread), so one copy may go out, and not again.
         assert resent <= (1 if hasattr(broker, "get_queue_message_counts") else 0)
-        release.set()
-        deadline = time.monotonic() + 30
-        while engine.store.count_deliveries(DeliveryFilter(status="delivered")) < 5:
-            assert time.monotonic() < deadline, engine.store.status_counts()
-            time.sleep(0.05)
+        answer.release.set()
+        assert wait_until_settled(engine) == {"delivered": 5}
     finally:
-        release.set()
+        answer.release.set()
         engine.stop()
     assert sorted({d.id for d in plugin.calls}) == sorted(ids)
     assert all(len(engine.store.attempts_of(i)) == 1 for i in ids)
