@@ -16,8 +16,7 @@ import sqlalchemy as sa
 from cxbridge import Outcome
 from cxbridge.clock import SystemClock
 from cxbridge.outcome import Payload
-from cxbridge.replay import replay
-from cxbridge.store import DeliveryFilter, NewDelivery, Store, metadata, schema_version
+from cxbridge.store import NewDelivery, Store, metadata, schema_version
 from tests.engine_support import MakeEngine, make_event
 from tests.scripted_plugin import BlockingFirstAttempt, ScriptedPlugin
 
@@ -183,25 +182,6 @@ def test_kill_with_a_stale_token_changes_nothing(
     assert dead.attempts == 1  # the number the killing lease took is given back
 
 
-def test_replay_makes_the_result_of_an_attempt_still_running_stale(
-    make_engine: MakeEngine, tmp_path: Path, store_url: str
-):
-    answer = BlockingFirstAttempt(Outcome.permanent("HTTP 400"))
-    engine, plugin, _ = make_engine(
-        tmp_path, plugin=ScriptedPlugin(default=answer), database_url=store_url
-    )
-    (delivery_id,) = engine.accept(make_event("call_summary")).delivery_ids
-    slow, _ = in_thread(lambda: engine.process(delivery_id))
-    assert answer.started.wait(10)
-    replay(engine, DeliveryFilter(ids=[delivery_id], status="pending"))
-    engine.process(delivery_id)
-    answer.release.set()
-    slow.join(10)
-
-    assert engine.store.get_delivery(delivery_id).status == "delivered"  # type: ignore[union-attr]
-    assert plugin.failed == []
-
-
 def test_lease_times_come_from_postgresql_so_skewed_machines_agree(store_url: str):
     if store_url.startswith("sqlite"):
         pytest.skip("SQLite is one machine with one clock: lease times use the engine's clock")
@@ -235,7 +215,12 @@ def test_lease_times_come_from_postgresql_so_skewed_machines_agree(store_url: st
 
 
 def test_a_version_1_database_is_migrated_to_fenced_leases(store_url: str):
-    new_columns = {("deliveries", "lease_token"), ("attempts", "stale")}
+    new_columns = {
+        ("deliveries", "lease_token"),
+        ("attempts", "stale"),
+        ("dead_letters", "hooks_done_at"),
+        ("dead_letters", "hooks_claimed_until"),
+    }
     old = sa.MetaData()
     for table in metadata.sorted_tables:
         columns = [c._copy() for c in table.columns if (table.name, c.name) not in new_columns]
@@ -253,9 +238,9 @@ def test_a_version_1_database_is_migrated_to_fenced_leases(store_url: str):
 
     store = Store(store_url)
     try:
-        assert store.migrate() == 2
+        assert store.migrate() == 3
         (row,) = store.attempts_of("d")
         assert row["stale"] is False  # rows from before the migration are not stale
-        assert store.migrate() == 2
+        assert store.migrate() == 3
     finally:
         store.close()

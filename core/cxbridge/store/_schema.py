@@ -92,6 +92,11 @@ dead_letters = sa.Table(
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("dead_at", sa.Float, nullable=False, index=True),
     sa.Column("replayed_at", sa.Float),
+    # The outbox of ``on_delivery_failed``: set once the hooks ran; a dispatcher holds a row until
+    # ``hooks_claimed_until`` while it calls them (see cxbridge.outbox).
+    sa.Column("hooks_done_at", sa.Float),
+    sa.Column("hooks_claimed_until", sa.Float),
+    sa.Index("ix_dead_letters_hooks", "hooks_done_at", "dead_at"),
 )
 disabled_destinations = sa.Table(
     "disabled_destinations",
@@ -116,15 +121,36 @@ def _add_columns(conn: sa.Connection, table: sa.Table, *names: str) -> None:
             conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {ddl}"))
 
 
-def _fencing(conn: sa.Connection) -> None:
-    """Version 2: lease tokens on deliveries, the stale mark on attempts."""
+def _create_tables(conn: sa.Connection) -> None:
+    """Version 1: the tables. A new database gets today's definitions, so later migrations check
+    before they add."""
+    metadata.create_all(conn, tables=list(metadata.sorted_tables))
+
+
+def _add_dead_letter_outbox(conn: sa.Connection) -> None:
+    """Version 2: ``dead_letters`` becomes the outbox of ``on_delivery_failed``. Dead letters of an
+    older version already had their hooks called (or lost them in a crash, which can no longer be
+    told apart): they count as done, so an upgrade does not page anyone for old failures."""
+    _add_columns(conn, dead_letters, "hooks_done_at", "hooks_claimed_until")
+    indexes = {index["name"] for index in sa.inspect(conn).get_indexes("dead_letters")}
+    if "ix_dead_letters_hooks" not in indexes:
+        next(i for i in dead_letters.indexes if i.name == "ix_dead_letters_hooks").create(conn)
+    conn.execute(
+        dead_letters.update()
+        .where(dead_letters.c.hooks_done_at.is_(None))
+        .values(hooks_done_at=dead_letters.c.dead_at)
+    )
+
+
+def _add_fencing(conn: sa.Connection) -> None:
+    """Version 3: lease tokens on deliveries, the stale mark on attempts."""
     _add_columns(conn, deliveries, "lease_token")
     _add_columns(conn, attempts, "stale")
 
 
-# Each migration brings the schema from version i to i + 1. Version 1 created the tables above
-# (as they were then: the later migrations add what it lacked).
+# Each migration brings the schema from version i to i + 1.
 MIGRATIONS: list[Callable[[sa.Connection], None]] = [
-    lambda conn: metadata.create_all(conn, tables=[t for t in metadata.sorted_tables]),
-    _fencing,
+    _create_tables,
+    _add_dead_letter_outbox,
+    _add_fencing,
 ]
