@@ -42,12 +42,14 @@ class Settings(BaseSettings):
         30, ge=1, description="Delivered and dead rows older than this are purged."
     )
     lease_seconds: float = Field(
-        60, gt=0, description="How long one attempt may hold a delivery before another worker may."
+        60,
+        gt=0,
+        description="How long a lease lasts unless renewed (running attempts renew it every third).",
     )
     lost_after: float = Field(
         60,
         gt=0,
-        description="A delivery enqueued this long ago and not attempted is enqueued again.",
+        description="A message the broker no longer holds is sent again once it is this old.",
     )
     short_delay: float = Field(
         30,
