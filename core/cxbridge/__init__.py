@@ -39,7 +39,7 @@ from cxbridge.outcome import Delivery, Outcome, OutcomeKind, Payload
 from cxbridge.retry import RetryPolicy, outcome_for_status, parse_retry_after
 from cxbridge.routing import Accepted
 from cxbridge.store import AttemptRecord, DeliveryRecord
-from cxbridge.templating import Condition, JsonTemplate, TextTemplate
+from cxbridge.templating import Condition, JsonTemplate, TextTemplate, UrlTemplate
 
 if TYPE_CHECKING:
     from cxbridge.outbound import GuardedSession
@@ -75,6 +75,7 @@ __all__ = [  # noqa: RUF022 - grouped by purpose, like dramatiq's
     "JsonTemplate",
     "RetryPolicy",
     "TextTemplate",
+    "UrlTemplate",
     "outcome_for_status",
     "parse_retry_after",
     # the outbound guard, for every connection a plugin opens
