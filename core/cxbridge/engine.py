@@ -22,8 +22,9 @@ import math
 import threading
 import time
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import dramatiq
@@ -40,7 +41,14 @@ from cxbridge.outcome import Delivery, Outcome, OutcomeKind
 from cxbridge.plugins import PluginManager, load_plugins
 from cxbridge.routing import Accepted, Router
 from cxbridge.settings import Settings
-from cxbridge.store import EXCERPT_LIMIT, PENDING, AttemptRecord, DeliveryRecord, Store
+from cxbridge.store import (
+    EXCERPT_LIMIT,
+    PENDING,
+    AttemptRecord,
+    DeliveryFilter,
+    DeliveryRecord,
+    Store,
+)
 
 __all__ = ["ACTOR_NAME", "QUEUE_NAME", "Engine"]
 
@@ -54,7 +62,8 @@ SWEEP_BATCHES = 100  # at most this many batches of due deliveries per scheduler
 class Engine:
     """Everything one process needs to accept events and deliver them.
 
-    The last four default to the settings of the same names (``CXBRIDGE_LEASE_SECONDS``, ...).
+    Embedders and tests build one with :meth:`from_config` (plain arguments); the constructor's
+    parameters are internal. The last four default to the settings of the same names (``CXBRIDGE_LEASE_SECONDS``, ...).
 
     :param lease_seconds: how long a lease lasts unless renewed. A running attempt's lease is
         renewed every ``lease_seconds / 3`` (by :meth:`start`'s heartbeat thread), so attempts may
@@ -122,6 +131,71 @@ class Engine:
         self._stop = threading.Event()
         self._scheduler: threading.Thread | None = None
         self.heartbeat = LeaseHeartbeat(self.store, self.lease_seconds)
+
+    @classmethod
+    def from_config(
+        cls,
+        config_dir: str | Path,
+        *,
+        database_url: str,
+        broker_url: str,
+        queue_name: str = QUEUE_NAME,
+        clock: Clock | None = None,
+        plugins: Iterable[object] = (),
+        entry_points: bool = True,
+        env: Mapping[str, str] | None = None,
+    ) -> Engine:
+        """An engine from plain arguments; no ``CXBRIDGE_*`` variable or ``.env`` file is read.
+
+        :param config_dir: the folder of tenant YAML files.
+        :param database_url: the store, e.g. ``sqlite:///var/store.db``.
+        :param broker_url: the broker, e.g. ``sqlite:///var/broker.db`` (embedded) or ``redis://…``.
+        :param queue_name: the broker queue; engines sharing a broker but not a store must differ.
+        :param clock: "now" for the engine and store (:class:`~cxbridge.FakeClock` in tests).
+        :param plugins: plugin objects (modules, instances) to register besides the entry points.
+        :param entry_points: load the installed plugins of the ``cxbridge`` entry-point group.
+        :param env: where ``${VAR}`` in tenant files is looked up (default: the environment). A
+            tenant file reads only its own variables (``ACME_…`` for tenant ``acme``).
+
+        Other settings keep their defaults. Raises :class:`~cxbridge.ConfigError` listing every
+        problem of the tenant files, :class:`~cxbridge.PluginError` for an invalid plugin.
+        """
+        settings = Settings.explicit(
+            config_dir=Path(config_dir),
+            database_url=database_url,
+            broker_url=broker_url,
+            queue_name=queue_name,
+        )
+        manager = load_plugins(settings) if entry_points else PluginManager()
+        manager.register_objects(plugins)
+        tenants = load_config_dir(settings.config_dir, manager.destination_types, env)
+        return cls(settings, clock=clock, plugins=manager, tenants=tenants)
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def deliveries(
+        self,
+        *,
+        tenant: str | None = None,
+        destination: str | None = None,
+        event_type: str | None = None,
+        status: str | None = None,
+        limit: int | None = None,
+    ) -> list[DeliveryRecord]:
+        """Deliveries, oldest first; ``None`` filters nothing (``status``: ``pending``,
+        ``delivered`` or ``dead``)."""
+        where = DeliveryFilter(
+            tenant=tenant, destination=destination, event_type=event_type, status=status
+        )
+        return self.store.list_deliveries(where, limit=limit)
+
+    def delivery(self, delivery_id: str) -> DeliveryRecord | None:
+        """One delivery by id (``Accepted.delivery_ids`` names them), or ``None``."""
+        return self.store.get_delivery(delivery_id)
+
+    def attempts(self, delivery_id: str) -> list[AttemptRecord]:
+        """The attempt log of one delivery, first attempt first."""
+        return [AttemptRecord.from_mapping(row) for row in self.store.attempts_of(delivery_id)]
 
     # -- ingest ----------------------------------------------------------------------------------
 

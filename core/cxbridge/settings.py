@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from cxbridge.events import MAX_EVENT_BYTES
 
@@ -68,9 +68,28 @@ class Settings(BaseSettings):
         "its own (named after the tenant: ACME_... for tenant acme).",
     )
 
+    @classmethod
+    def explicit(cls, **values: Any) -> Settings:
+        """Settings from ``values`` and the defaults alone, validated: neither ``CXBRIDGE_*``
+        environment variables nor a ``.env`` file are read (for embedding and tests)."""
+        return _ExplicitSettings(**values)
+
     @field_validator("plugins_allow", "plugins_deny", "tenant_env_allow", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+
+class _ExplicitSettings(Settings):
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
