@@ -7,8 +7,9 @@ Redis a dead delay-queue consumer leaves every short retry waiting. cxbridge's R
 longer lets such errors out (:mod:`cxbridge.brokers.redis`); this watchdog covers whatever else may
 end a thread, on every broker.
 
-A replaced consumer starts empty: messages the dead one held in memory (delayed ones) are not lost
-to the store, whose scheduler sends their deliveries again once they count as lost.
+A replaced consumer starts empty; the dead one is closed first, which hands the messages it held in
+memory (delayed ones) back to the broker. If the broker is away at that moment, Redis keeps them as
+unacknowledged by this living worker until the process stops or dies.
 """
 
 from __future__ import annotations
