@@ -7,20 +7,11 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-import pytest
-
 from cxbridge import Outcome
 from cxbridge.brokers import broker_from_url
 from cxbridge.clock import SystemClock
 from tests.engine_support import MakeEngine, make_event, wait_until_settled
 from tests.scripted_plugin import ScriptedPlugin
-
-
-@pytest.fixture(params=["sqlite", "redis", "rabbitmq"])
-def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'broker.db'}"
-    return str(request.getfixturevalue("redis_url" if request.param == "redis" else "amqp_url"))
 
 
 def test_workers_deliver_retry_and_dead_letter(

@@ -55,13 +55,6 @@ def wait_delivered(engine: Engine, count: int, timeout: float) -> dict[str, int]
         time.sleep(0.1)
 
 
-@pytest.fixture(params=["sqlite", "redis", "rabbitmq"])
-def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'broker.db'}"
-    return str(request.getfixturevalue("redis_url" if request.param == "redis" else "amqp_url"))
-
-
 def test_a_sigkilled_child_is_logged_and_restarted_and_sigterm_stops_all(
     tmp_path: Path, broker_url: str
 ):
