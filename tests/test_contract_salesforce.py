@@ -54,16 +54,3 @@ class TestSalesforceContract(PluginContract):
     def records(self, target: FakeSalesforce) -> int:
         with target.lock:
             return sum(len(records) for records in target.records.values())
-
-    # Findings of the kit, left to the Salesforce plugin's owners (strict: fixing them fails these).
-    @pytest.mark.xfail(
-        strict=True, reason="kit finding: the plugin drops Retry-After on HTTP 429 (errors.py)"
-    )
-    def test_429_is_retried_after_its_retry_after(self, plugins: Any, target: Any) -> None:
-        super().test_429_is_retried_after_its_retry_after(plugins, target)
-
-    @pytest.mark.xfail(
-        strict=True, reason="kit finding: HTTP 410 does not disable the destination (errors.py)"
-    )
-    def test_410_is_permanent(self, plugins: Any, target: Any) -> None:
-        super().test_410_is_permanent(plugins, target)
