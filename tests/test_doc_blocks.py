@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import ast
 import importlib
+import os
 import re
 import shlex
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -20,6 +23,7 @@ import yaml
 from cxbridge.cli import cli
 from cxbridge.config import load_tenant
 from cxbridge.plugins import PluginManager
+from cxbridge.signing import generate_secret
 from tests.test_plugin_readmes import _env_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -116,3 +120,35 @@ def test_command_lines_name_real_commands_and_options(body: str):
 def test_every_doc_has_checked_blocks():
     assert {where.split(":")[0] for where, _, _ in BLOCKS} >= {"README.md"}
     assert of("yaml") and of("python") and of("sh", "console")
+
+
+def test_the_readme_python_example_runs(tmp_path: Path):
+    from tests.http_sink import HttpSink, Reply
+
+    ((body,),) = [
+        [b] for where, lang, b in BLOCKS if where.startswith("README") and lang == "python"
+    ]
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
+    with HttpSink() as sink:
+        sink.reply("/qa", Reply(200))
+        sink.reply("/tickets", Reply(201))
+        env = {
+            **os.environ,
+            "ACME_API_KEY": "k",
+            "ACME_WEBHOOK_URL": sink.url("/qa"),
+            "ACME_ESCALATION_URL": sink.url("/escalations"),
+            "ACME_TICKETS_URL": sink.url("/tickets"),
+            "ACME_WEBHOOK_SECRET": generate_secret(),
+        }
+        result = subprocess.run(
+            [sys.executable, "-c", body],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.count("delivered [AttemptRecord(") == 2, result.stdout
+        assert len(sink.to("/qa")) == 1 and len(sink.to("/tickets")) == 1
