@@ -31,8 +31,10 @@ from cxbridge.store._schema import (
     deliveries,
     disabled_destinations,
     events,
+    notices,
     schema_version,
 )
+from cxbridge.store._service import ServiceQueries
 from cxbridge.store._statements import (
     _ATTEMPT_KEYS,
     _DEAD_KEYS,
@@ -48,7 +50,7 @@ from cxbridge.store._statements import (
 __all__ = ["Store"]
 
 
-class Store:
+class Store(ServiceQueries):
     """Everything the engine persists. Thread-safe; one instance per process."""
 
     def __init__(self, url: str, *, clock: Clock | None = None) -> None:
@@ -445,6 +447,7 @@ class Store:
         with self._write() as conn:
             conn.execute(attempts.delete().where(attempts.c.delivery_id.in_(finished)))
             conn.execute(dead_letters.delete().where(dead_letters.c.delivery_id.in_(finished)))
+            conn.execute(notices.delete().where(notices.c.delivery_id.in_(finished)))
             deleted = conn.execute(
                 deliveries.delete().where(c.status.in_([DELIVERED, DEAD]), c.updated_at < cutoff)
             ).rowcount
