@@ -85,7 +85,7 @@ def run_serve(
             lifespan="on",
             log_config=None,
             access_log=False,
-            ws="websockets",
+            ws="websockets-sansio",
             ws_ping_interval=20,
             ws_ping_timeout=20,
             timeout_graceful_shutdown=30,
