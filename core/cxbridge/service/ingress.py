@@ -48,7 +48,7 @@ async def post_event(request: Request) -> JSONResponse:
       "401": {description: Missing or unknown API key}
       "403": {description: The event names another tenant than the key's}
       "413": {description: Body larger than CXBRIDGE_MAX_BODY_BYTES}
-      "422": {description: Invalid event, with field paths, content: {application/json: {schema: {$ref: "#/components/schemas/Invalid"}}}}
+      "422": {description: "Invalid event, with field paths", content: {application/json: {schema: {$ref: "#/components/schemas/Invalid"}}}}
       "429": {description: Tenant rate limit; see Retry-After}
       "503": {description: Store unavailable; see Retry-After}
     """
@@ -71,12 +71,12 @@ async def post_batch(request: Request) -> JSONResponse:
         application/json:
           schema: {type: array, maxItems: 100, items: {$ref: "#/components/schemas/Event"}}
     responses:
-      "200": {description: One result per event in order (status 202, 200, 403 or 422 each), content: {application/json: {schema: {$ref: "#/components/schemas/BatchResult"}}}}
+      "200": {description: "One result per event in order (status 202, 200, 403, 422 or 503 each)", content: {application/json: {schema: {$ref: "#/components/schemas/BatchResult"}}}}
       "401": {description: Missing or unknown API key}
       "413": {description: Body larger than CXBRIDGE_MAX_BODY_BYTES}
       "422": {description: Not a JSON array of at most 100 events}
       "429": {description: Tenant rate limit; see Retry-After}
-      "503": {description: The store failed for some event; the results say which were stored, retry the rest}
+      "503": {description: "The store failed for some event: the results say which were stored; retry the rest"}
     """
     service, tenant, body = await _admit(request, count=0)
     data = _json(body)
