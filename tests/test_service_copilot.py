@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,6 +85,15 @@ def test_a_dead_letter_reaches_every_panel_of_the_tenant_within_a_second(
             assert "400" in message["reason"]
         with pytest.raises(TimeoutError):
             other.recv(timeout=0.5)
+
+
+def test_the_documented_message_has_the_fields_a_panel_receives(running: Any) -> None:
+    url, client = running
+    docs = (Path(__file__).parent.parent / "docs" / "service.md").read_text()
+    (example,) = re.findall(r"```json\n(.*?)```", docs, flags=re.S)
+    with panel(url) as ws:
+        post_summary(client)
+        assert set(receive(ws, 5)) == set(json.loads(example))
 
 
 def test_a_reconnect_with_the_cursor_receives_what_it_missed(running: Any) -> None:

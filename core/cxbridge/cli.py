@@ -164,7 +164,9 @@ def worker(threads: int, processes: int, no_scheduler: bool, config: Path | None
 
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8787, show_default=True, help="Port to listen on.")
+@click.option(
+    "--port", default=8787, show_default=True, envvar="CXBRIDGE_PORT", help="Port to listen on."
+)
 @click.option("--no-workers", is_flag=True, help="Only serve; `cxbridge worker` processes deliver.")
 @click.option("--threads", default=4, show_default=True, help="Worker threads in this process.")
 @config_option
