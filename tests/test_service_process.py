@@ -173,3 +173,31 @@ def test_scaled_out_serve_and_worker_on_redis_and_postgres(
                 assert json.loads(again.recv(timeout=10))["event_id"] == missed["id"]
         server.send_signal(signal.SIGTERM)
         assert server.wait(60) == 0, log.read_text()
+
+
+def test_sighup_reloads_tenant_files_and_logs_keep_keys_out(tmp_path: Path, sink: HttpSink) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = environment(tmp_path, sink, CXBRIDGE_ADMIN_TOKEN="the-admin-token")
+    log = tmp_path / "serve.log"
+    with process(["-vv", "serve", "--port", str(port)], env, log) as proc:
+        wait_ready(url, proc, log)
+        version = httpx.get(f"{url}/v1/admin/version", headers=auth("acme")).json()["version"]
+        with connect(f"ws://127.0.0.1:{port}/v1/copilot?token={KEYS['acme']}", open_timeout=10):
+            pass
+        httpx.get(f"{url}/v1/admin/version", headers=auth("the-admin-token")).raise_for_status()
+        tenant_file = Path(env["CXBRIDGE_CONFIG_DIR"]) / "acme.yaml"
+        tenant_file.write_text(tenant_file.read_text().replace("key-acme-rotated", "key-acme-3"))
+        proc.send_signal(signal.SIGHUP)
+
+        def reloaded() -> bool:
+            answer = httpx.get(f"{url}/v1/admin/version", headers=auth("key-acme-3"))
+            return answer.status_code == 200 and answer.json()["version"] != version
+
+        wait_until(reloaded, timeout=30, interval=0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    text = log.read_text()
+    assert "WebSocket /v1/copilot?token=***" in text, text  # the line is there, masked
+    for secret in (KEYS["acme"], "the-admin-token", "process-test-secret", SECRET):
+        assert secret not in text
