@@ -34,6 +34,8 @@ def test_the_app_publishes_the_document(base_url: str) -> None:
     for path, operations in published["paths"].items():
         for operation in operations.values():
             for code, response in operation["responses"].items():
+                if "$ref" in response:
+                    response = published["components"]["responses"][response["$ref"].split("/")[-1]]
                 assert isinstance(response.get("description"), str), (path, code)
                 assert None not in response.values(), (path, code)
 

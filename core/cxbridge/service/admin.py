@@ -63,11 +63,12 @@ def _scope(principal: Principal, requested: str | None) -> str | None:
     return principal.tenant
 
 
-def _limit(request: Request) -> int:
+def _paging(request: Request, key_types: tuple[type, ...]) -> tuple[int, Any]:
+    """``?limit=`` and the sort key decoded from ``?cursor=`` (``None`` on the first page)."""
     raw = request.query_params.get("limit", "100")
     if not raw.isdigit() or not 1 <= int(raw) <= 500:
         raise ApiError(422, "limit must be an integer from 1 to 500")
-    return int(raw)
+    return int(raw), _key(decode_page(request.query_params.get("cursor")), key_types)
 
 
 def _time(value: Any, name: str) -> datetime | None:
@@ -115,7 +116,7 @@ async def version(request: Request) -> JSONResponse:
     security: [{bearer: []}]
     responses:
       "200": {description: "version: hash of the tenant files; tenants visible to the caller"}
-      "401": {description: Missing or unknown key}
+      "401": {$ref: "#/components/responses/Unauthorized"}
     """
     service, principal = _caller(request)
     tenants = sorted(t for t in service.engine.tenants if principal.sees(t))
@@ -132,7 +133,7 @@ async def reload(request: Request) -> JSONResponse:
     security: [{bearer: []}]
     responses:
       "200": {description: The new version}
-      "401": {description: Missing or unknown key}
+      "401": {$ref: "#/components/responses/Unauthorized"}
       "403": {description: Not the admin token}
       "422": {description: "The files have problems (file:line:col: message); nothing changed"}
     """
@@ -155,22 +156,19 @@ async def events(request: Request) -> JSONResponse:
     tags: [admin]
     security: [{bearer: []}]
     parameters:
-      - {name: tenant, in: query, schema: {type: string}}
-      - {name: cursor, in: query, schema: {type: string}}
-      - {name: limit, in: query, schema: {type: integer, minimum: 1, maximum: 500}}
+      - $ref: "#/components/parameters/tenant"
+      - $ref: "#/components/parameters/cursor"
+      - $ref: "#/components/parameters/limit"
     responses:
-      "200": {description: "items and next (cursor of the following page, or null)"}
-      "401": {description: Missing or unknown key}
-      "403": {description: Another tenant than the key's}
-      "422": {description: Bad parameter}
+      "200": {$ref: "#/components/responses/Page"}
+      "401": {$ref: "#/components/responses/Unauthorized"}
+      "403": {$ref: "#/components/responses/OtherTenant"}
+      "422": {$ref: "#/components/responses/BadParameter"}
     """
     service, principal = _caller(request)
     tenant = _scope(principal, request.query_params.get("tenant"))
-    limit = _limit(request)
-    after = decode_page(request.query_params.get("cursor"))
-    rows = await store_call(
-        service.engine.store.events_page, tenant, _key(after, (float, str, str)), limit
-    )
+    limit, after = _paging(request, (float, str, str))
+    rows = await store_call(service.engine.store.events_page, tenant, after, limit)
     items = [
         {
             "tenant": r["tenant"],
@@ -198,21 +196,18 @@ async def list_deliveries(request: Request) -> JSONResponse:
       - {name: status, in: query, schema: {type: string, enum: [pending, delivered, dead]}}
       - {name: since, in: query, schema: {type: string, format: date-time}}
       - {name: until, in: query, schema: {type: string, format: date-time}}
-      - {name: cursor, in: query, schema: {type: string}}
-      - {name: limit, in: query, schema: {type: integer, minimum: 1, maximum: 500}}
+      - $ref: "#/components/parameters/cursor"
+      - $ref: "#/components/parameters/limit"
     responses:
-      "200": {description: "items and next"}
-      "401": {description: Missing or unknown key}
-      "403": {description: Another tenant than the key's}
-      "422": {description: Bad parameter}
+      "200": {$ref: "#/components/responses/Page"}
+      "401": {$ref: "#/components/responses/Unauthorized"}
+      "403": {$ref: "#/components/responses/OtherTenant"}
+      "422": {$ref: "#/components/responses/BadParameter"}
     """
     service, principal = _caller(request)
     where = _filter(principal, request.query_params, None)
-    limit = _limit(request)
-    after = decode_page(request.query_params.get("cursor"))
-    records = await store_call(
-        service.engine.store.deliveries_page, where, _key(after, (float, str)), limit
-    )
+    limit, after = _paging(request, (float, str))
+    records = await store_call(service.engine.store.deliveries_page, where, after, limit)
     nxt = _page(records, limit, lambda r: [r.created_at.timestamp(), r.id])
     return JSONResponse({"items": [r.as_dict() for r in records], "next": nxt})
 
@@ -224,11 +219,11 @@ async def delivery(request: Request) -> JSONResponse:
     tags: [admin]
     security: [{bearer: []}]
     parameters:
-      - {name: delivery_id, in: path, required: true, schema: {type: string}}
+      - $ref: "#/components/parameters/delivery_id"
     responses:
       "200": {description: "delivery, attempts, dead_letters"}
-      "401": {description: Missing or unknown key}
-      "404": {description: No such delivery for this key}
+      "401": {$ref: "#/components/responses/Unauthorized"}
+      "404": {$ref: "#/components/responses/NoDelivery"}
     """
     service, principal = _caller(request)
     record = await _own_delivery(service, principal, request.path_params["delivery_id"])
@@ -245,19 +240,18 @@ async def dead_letters(request: Request) -> JSONResponse:
     tags: [admin]
     security: [{bearer: []}]
     parameters:
-      - {name: tenant, in: query, schema: {type: string}}
-      - {name: cursor, in: query, schema: {type: string}}
-      - {name: limit, in: query, schema: {type: integer, minimum: 1, maximum: 500}}
+      - $ref: "#/components/parameters/tenant"
+      - $ref: "#/components/parameters/cursor"
+      - $ref: "#/components/parameters/limit"
     responses:
-      "200": {description: "items and next"}
-      "401": {description: Missing or unknown key}
-      "403": {description: Another tenant than the key's}
-      "422": {description: Bad parameter}
+      "200": {$ref: "#/components/responses/Page"}
+      "401": {$ref: "#/components/responses/Unauthorized"}
+      "403": {$ref: "#/components/responses/OtherTenant"}
+      "422": {$ref: "#/components/responses/BadParameter"}
     """
     service, principal = _caller(request)
     tenant = _scope(principal, request.query_params.get("tenant"))
-    limit = _limit(request)
-    after = _key(decode_page(request.query_params.get("cursor")), (int,))
+    limit, after = _paging(request, (int,))
     rows = await store_call(
         service.engine.store.dead_letters_page, tenant, after[0] if after else None, limit
     )
@@ -271,13 +265,13 @@ async def replay_delivery(request: Request) -> JSONResponse:
     tags: [admin]
     security: [{bearer: []}]
     parameters:
-      - {name: delivery_id, in: path, required: true, schema: {type: string}}
+      - $ref: "#/components/parameters/delivery_id"
     requestBody:
       content: {application/json: {schema: {type: object, properties: {rerender: {type: boolean}}}}}
     responses:
       "202": {description: Enqueued again}
-      "401": {description: Missing or unknown key}
-      "404": {description: No such delivery for this key}
+      "401": {$ref: "#/components/responses/Unauthorized"}
+      "404": {$ref: "#/components/responses/NoDelivery"}
       "422": {description: Cannot re-render}
     """
     service, principal = _caller(request)
@@ -311,9 +305,9 @@ async def replay_matching(request: Request) -> JSONResponse:
     responses:
       "200": {description: "dry run: matched"}
       "202": {description: "replayed: how many were enqueued again"}
-      "401": {description: Missing or unknown key}
-      "403": {description: Another tenant than the key's}
-      "422": {description: Bad parameter}
+      "401": {$ref: "#/components/responses/Unauthorized"}
+      "403": {$ref: "#/components/responses/OtherTenant"}
+      "422": {$ref: "#/components/responses/BadParameter"}
     """
     service, principal = _caller(request)
     body = await read_json(request)
@@ -348,8 +342,8 @@ async def destination_state(request: Request) -> JSONResponse:
       content: {application/json: {schema: {type: object, properties: {reason: {type: string}}}}}
     responses:
       "200": {description: "changed: false when it already was"}
-      "401": {description: Missing or unknown key}
-      "403": {description: Another tenant than the key's}
+      "401": {$ref: "#/components/responses/Unauthorized"}
+      "403": {$ref: "#/components/responses/OtherTenant"}
       "404": {description: No such destination or action}
     """
     service, principal = _caller(request)
@@ -388,8 +382,8 @@ async def preview(request: Request) -> JSONResponse:
               event: {$ref: "#/components/schemas/Event"}
     responses:
       "200": {description: "body, content_type, meta, subscribed (the destination takes this event type)"}
-      "401": {description: Missing or unknown key}
-      "403": {description: Another tenant than the key's}
+      "401": {$ref: "#/components/responses/Unauthorized"}
+      "403": {$ref: "#/components/responses/OtherTenant"}
       "404": {description: No such destination}
       "422": {description: Invalid event or template error}
     """

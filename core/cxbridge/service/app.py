@@ -56,6 +56,34 @@ _RESULT = {
     },
 }
 
+_PARAMETERS = {
+    "tenant": {"name": "tenant", "in": "query", "schema": {"type": "string"}},
+    "cursor": {
+        "name": "cursor",
+        "in": "query",
+        "schema": {"type": "string"},
+        "description": "The `next` of the previous page",
+    },
+    "limit": {
+        "name": "limit",
+        "in": "query",
+        "schema": {"type": "integer", "minimum": 1, "maximum": 500},
+    },
+    "delivery_id": {
+        "name": "delivery_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string"},
+    },
+}
+_RESPONSES = {
+    "Page": {"description": "items, and next: the cursor of the following page (null at the end)"},
+    "Unauthorized": {"description": "Missing or unknown key"},
+    "OtherTenant": {"description": "A tenant key naming another tenant"},
+    "BadParameter": {"description": "Bad parameter"},
+    "NoDelivery": {"description": "No such delivery for this key"},
+}
+
 
 def openapi_document() -> dict[str, Any]:
     """The OpenAPI 3.1 document of :data:`ROUTES`; the event schema is the ingress's own."""
@@ -88,6 +116,8 @@ def openapi_document() -> dict[str, Any]:
             "info": {"title": "cxbridge", "version": __version__},
             "components": {
                 "schemas": schemas,
+                "parameters": _PARAMETERS,
+                "responses": _RESPONSES,
                 "securitySchemes": {
                     "apiKey": {
                         "type": "http",
