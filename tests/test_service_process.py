@@ -201,3 +201,19 @@ def test_sighup_reloads_tenant_files_and_logs_keep_keys_out(tmp_path: Path, sink
     assert "WebSocket /v1/copilot?token=***" in text, text  # the line is there, masked
     for secret in (KEYS["acme"], "the-admin-token", "process-test-secret", SECRET):
         assert secret not in text
+
+
+def test_serve_on_invalid_tenant_files_says_why_without_a_traceback(tmp_path: Path) -> None:
+    (tmp_path / "acme.yaml").write_text(
+        "tenant: acme\napi_keys: [k]\ndestinations: {x: {type: nope, events: ['*']}}\n"
+    )
+    result = subprocess.run(
+        [CXBRIDGE, "serve", "-c", str(tmp_path), "--port", str(free_port())],
+        env={**os.environ, "CXBRIDGE_DATABASE_URL": f"sqlite:///{tmp_path / 's.db'}"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "acme.yaml:3:" in result.stderr and "unknown destination type" in result.stderr
+    assert "Traceback" not in result.stderr
