@@ -160,3 +160,19 @@ def test_operations_endpoints(running: Any) -> None:
     assert 'cxbridge_deliveries{destination_type="http",status="dead"} 2.0' in text
     assert "cxbridge_attempt_duration_seconds_count 10.0" in text
     assert "key-acme" not in text
+
+
+def test_readyz_says_which_part_is_unreachable(
+    running: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, service, _ = running
+
+    def down() -> None:
+        raise ConnectionRefusedError("store down")
+
+    monkeypatch.setattr(service.engine.store, "ping", down)
+    monkeypatch.setattr(service.engine.store, "counts", down)
+    answer = client.get("/readyz")
+    assert answer.status_code == 503
+    assert answer.json() == {"store": "unreachable: ConnectionRefusedError", "broker": "ok"}
+    assert "cxbridge_store_up 0.0" in client.get("/metrics").text
