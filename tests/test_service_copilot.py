@@ -143,6 +143,7 @@ def test_the_agent_filter_and_ping_pong(running: Any) -> None:
     with panel(url, agent="a-1") as ws:
         post_summary(client, agent="a-2")
         mine = post_summary(client, agent="a-1")
+        ws.send("[1]")  # not a message the server knows: ignored, the link stays
         ws.send(json.dumps({"type": "ping"}))
         messages = [receive(ws, 5), receive(ws, 5)]
     assert {"type": "pong"} in messages

@@ -165,10 +165,17 @@ def test_a_full_disk_answers_503_and_loses_nothing_that_got_202(
                 assert answer.status_code == 503, answer.text
                 assert int(answer.headers["Retry-After"]) > 0
                 refused += 1
+        batch = call_events()
+        answer = client.post("/v1/events:batch", json=batch, headers=auth("acme"))
+        assert answer.status_code == 503 and answer.headers["Retry-After"]
+        assert [r["status"] for r in answer.json()["results"]] == [503] * 4
         store.full = False
+        retried = client.post("/v1/events:batch", json=batch, headers=auth("acme"))
+        assert [r["status"] for r in retried.json()["results"]] == [202] * 4
+        accepted += [event["id"] for event in batch]
         retried = client.post("/v1/events", json=call_events()[0], headers=auth("acme"))
         assert retried.status_code == 202
         wait_until(lambda: store.status_counts().get("pending", 0) == 0)
-    assert refused == 4 and len(accepted) == 8
+    assert refused == 4 and len(accepted) == 12
     delivered = {json.loads(r.body)["id"] for r in sink.to("/hook/acme")}
     assert set(accepted) <= delivered

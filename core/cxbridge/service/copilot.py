@@ -186,7 +186,8 @@ class _Panel:
         while True:
             text = await self.ws.receive_text()
             with contextlib.suppress(ValueError):
-                if json.loads(text).get("type") == "ping":
+                message = json.loads(text)
+                if isinstance(message, dict) and message.get("type") == "ping":
                     await self.send_json({"type": "pong"})
 
 

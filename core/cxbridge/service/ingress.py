@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse
 from cxbridge.errors import CxbridgeError, EventValidationError
 from cxbridge.events import parse_event
 from cxbridge.service._http import (
+    RETRY_AFTER_SECONDS,
     ApiError,
     authenticate,
     read_body,
@@ -88,7 +89,7 @@ async def post_batch(request: Request) -> JSONResponse:
         status, answer = await _accept(service, tenant, item)
         results.append({"status": status, **answer})
     failed = any(r["status"] == 503 for r in results)
-    headers = {"Retry-After": unavailable("").headers["Retry-After"]} if failed else None
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if failed else None
     return JSONResponse({"results": results}, status_code=503 if failed else 200, headers=headers)
 
 
