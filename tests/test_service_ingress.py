@@ -166,8 +166,9 @@ def test_a_full_disk_answers_503_and_loses_nothing_that_got_202(
                 assert int(answer.headers["Retry-After"]) > 0
                 refused += 1
         batch = call_events()
+        store.full = True
         answer = client.post("/v1/events:batch", json=batch, headers=auth("acme"))
-        assert answer.status_code == 503 and answer.headers["Retry-After"]
+        assert answer.status_code == 503 and answer.headers["Retry-After"], answer.text
         assert [r["status"] for r in answer.json()["results"]] == [503] * 4
         store.full = False
         retried = client.post("/v1/events:batch", json=batch, headers=auth("acme"))
