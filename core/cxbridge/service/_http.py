@@ -56,6 +56,7 @@ class ApiError(Exception):
 
 
 def unavailable(message: str) -> ApiError:
+    """503 with ``Retry-After``: the client should send the same request again later."""
     return ApiError(503, message, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
@@ -67,11 +68,9 @@ async def api_error_response(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def store_call(func: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
-    """Run a blocking store call off the event loop; a failing database becomes 503 + Retry-After.
-
-    Errors of the store's driver and cxbridge errors meaning "store unavailable" are both caught: the
-    request is answered, never acknowledged and then lost.
-    """
+    """Run a blocking store call off the event loop; a failing database (a driver error, a full disk,
+    a lost connection) becomes 503 + Retry-After: the request is refused, never acknowledged and
+    then lost. (The ingress also maps the engine's own store errors, which are cxbridge errors.)"""
     try:
         return await run_in_threadpool(func, *args, **kwargs)
     except (sa.exc.SQLAlchemyError, OSError) as exc:
