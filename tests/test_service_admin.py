@@ -91,14 +91,14 @@ def test_replay_one_and_by_filter(running: Any) -> None:
     dry = client.post("/v1/admin/replay", json={"dry_run": True}, headers=auth("acme"))
     assert dry.json() == {"matched": 1}
     replayed = client.post("/v1/admin/replay", json={}, headers=auth("acme"))
-    assert replayed.status_code == 202 and replayed.json() == {"replayed": 1}
+    assert replayed.status_code == 202 and replayed.json()["replayed"] == 1
     wait_until(lambda: len(sink.to("/broken/acme")) == 2)
     delivered = client.get(
         "/v1/admin/deliveries", params={"status": "delivered"}, headers=auth("acme")
     )
     one = delivered.json()["items"][0]["id"]
     again = client.post(f"/v1/admin/deliveries/{one}/replay", headers=auth("acme"))
-    assert again.status_code == 202 and again.json() == {"replayed": 1}
+    assert again.status_code == 202 and again.json()["replayed"] == 1
 
 
 def test_disable_and_enable_a_destination(running: Any) -> None:

@@ -278,8 +278,7 @@ async def replay_delivery(request: Request) -> JSONResponse:
     record = await _own_delivery(service, principal, request.path_params["delivery_id"])
     body = await read_json(request)
     where = DeliveryFilter(tenant=record.tenant, status=None, ids=[record.id])
-    count = await _replay(service, where, rerender=_flag(body, "rerender"))
-    return JSONResponse({"replayed": count}, status_code=202)
+    return await _replay(service, where, rerender=_flag(body, "rerender"))
 
 
 async def replay_matching(request: Request) -> JSONResponse:
@@ -317,15 +316,20 @@ async def replay_matching(request: Request) -> JSONResponse:
     if _flag(body, "dry_run"):
         count = await store_call(service.engine.store.count_deliveries, where)
         return JSONResponse({"matched": count})
-    count = await _replay(service, where, rerender=_flag(body, "rerender"))
-    return JSONResponse({"replayed": count}, status_code=202)
+    return await _replay(service, where, rerender=_flag(body, "rerender"))
 
 
-async def _replay(service: Service, where: DeliveryFilter, *, rerender: bool) -> int:
+async def _replay(service: Service, where: DeliveryFilter, *, rerender: bool) -> JSONResponse:
+    """202 with how many were enqueued again, and how many were skipped because an attempt is
+    running (``in_flight``) or their next attempt is already scheduled (``pending``)."""
     try:
-        return await store_call(run_replay, service.engine, where, rerender=rerender)
+        result = await store_call(run_replay, service.engine, where, rerender=rerender)
     except CxbridgeError as exc:
         raise cxbridge_error(exc) from None
+    return JSONResponse(
+        {"replayed": result.replayed, "in_flight": result.in_flight, "pending": result.pending},
+        status_code=202,
+    )
 
 
 async def destination_state(request: Request) -> JSONResponse:

@@ -103,17 +103,15 @@ def run_serve(
 @contextlib.contextmanager
 def _example_receiver(settings: ServiceSettings) -> Iterator[None]:
     """On the example tenant with its variables unset, do as ``cxbridge demo``: a local receiver
-    that verifies signatures, and the API key ``demo-key``, so that the service runs out of the box."""
+    that verifies signatures (its ticketing endpoint rejects everything, so call summaries become
+    dead letters for the Copilot panel), and the API key ``demo-key``: the service runs out of the box."""
     if settings.config_dir != EXAMPLES or "ACME_WEBHOOK_URL" in os.environ:
         yield
         return
-    from cxbridge.demo import DemoReceiver
+    from cxbridge.demo import DemoReceiver, point_example_tenant
     from cxbridge.signing import generate_secret
 
-    secret = os.environ.get("ACME_WEBHOOK_SECRET") or generate_secret()
-    with DemoReceiver(secret) as receiver:
-        os.environ.setdefault("ACME_API_KEY", "demo-key")
-        os.environ["ACME_WEBHOOK_URL"] = receiver.url
-        os.environ["ACME_WEBHOOK_SECRET"] = secret
-        log.warning("example tenant acme: API key from ACME_API_KEY, receiver at %s", receiver.url)
+    with DemoReceiver(generate_secret()) as receiver:
+        point_example_tenant(receiver)
+        log.warning("example tenant acme: API key from ACME_API_KEY, receiver at %s", receiver.base)
         yield

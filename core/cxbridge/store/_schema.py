@@ -89,6 +89,11 @@ dead_letters = sa.Table(
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("dead_at", sa.Float, nullable=False, index=True),
     sa.Column("replayed_at", sa.Float),
+    # The outbox of ``on_delivery_failed``: set once the hooks ran; a dispatcher holds a row until
+    # ``hooks_claimed_until`` while it calls them (see cxbridge.outbox).
+    sa.Column("hooks_done_at", sa.Float),
+    sa.Column("hooks_claimed_until", sa.Float),
+    sa.Index("ix_dead_letters_hooks", "hooks_done_at", "dead_at"),
 )
 disabled_destinations = sa.Table(
     "disabled_destinations",
@@ -117,10 +122,39 @@ schema_version = sa.Table(
     "cxbridge_schema_version", metadata, sa.Column("version", sa.Integer, nullable=False)
 )
 
-# Each migration brings the schema from version i to i + 1. Version 1 is the tables above.
-# A table added later is created by its own migration (``checkfirst``: version 1 on a fresh database
-# already creates every table of ``metadata``).
+
+def _create_tables(conn: sa.Connection) -> None:
+    """Version 1: the tables. A new database gets today's definitions, so later migrations check
+    before they add."""
+    metadata.create_all(conn, tables=list(metadata.sorted_tables))
+
+
+def _add_dead_letter_outbox(conn: sa.Connection) -> None:
+    """Version 2: ``dead_letters`` becomes the outbox of ``on_delivery_failed``. Dead letters of an
+    older version already had their hooks called (or lost them in a crash, which can no longer be
+    told apart): they count as done, so an upgrade does not page anyone for old failures."""
+    existing = {column["name"] for column in sa.inspect(conn).get_columns("dead_letters")}
+    for name in ("hooks_done_at", "hooks_claimed_until"):
+        if name not in existing:
+            conn.exec_driver_sql(f"ALTER TABLE dead_letters ADD COLUMN {name} FLOAT")
+    indexes = {index["name"] for index in sa.inspect(conn).get_indexes("dead_letters")}
+    if "ix_dead_letters_hooks" not in indexes:
+        next(i for i in dead_letters.indexes if i.name == "ix_dead_letters_hooks").create(conn)
+    conn.execute(
+        dead_letters.update()
+        .where(dead_letters.c.hooks_done_at.is_(None))
+        .values(hooks_done_at=dead_letters.c.dead_at)
+    )
+
+
+def _add_notices(conn: sa.Connection) -> None:
+    """Version 3: the ``notices`` table of the Copilot feed ("a delivery is failing for long")."""
+    notices.create(conn, checkfirst=True)
+
+
+# Each migration brings the schema from version i to i + 1.
 MIGRATIONS: list[Callable[[sa.Connection], None]] = [
-    lambda conn: metadata.create_all(conn, tables=[t for t in metadata.sorted_tables]),
-    lambda conn: notices.create(conn, checkfirst=True),
+    _create_tables,
+    _add_dead_letter_outbox,
+    _add_notices,
 ]
