@@ -269,7 +269,7 @@ async def replay_delivery(request: Request) -> JSONResponse:
     requestBody:
       content: {application/json: {schema: {type: object, properties: {rerender: {type: boolean}}}}}
     responses:
-      "202": {description: Enqueued again}
+      "202": {description: "replayed: enqueued again (1 or 0); in_flight and pending: skipped, an attempt is running or scheduled"}
       "401": {$ref: "#/components/responses/Unauthorized"}
       "404": {$ref: "#/components/responses/NoDelivery"}
       "422": {description: Cannot re-render}
@@ -303,7 +303,7 @@ async def replay_matching(request: Request) -> JSONResponse:
               dry_run: {type: boolean}
     responses:
       "200": {description: "dry run: matched"}
-      "202": {description: "replayed: how many were enqueued again"}
+      "202": {description: "replayed: how many were enqueued again; in_flight and pending: how many were skipped"}
       "401": {$ref: "#/components/responses/Unauthorized"}
       "403": {$ref: "#/components/responses/OtherTenant"}
       "422": {$ref: "#/components/responses/BadParameter"}
