@@ -14,11 +14,12 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from cxbridge.service.copilot import CopilotHub, CursorSigner
-from cxbridge.store import FeedItem
+from cxbridge.service.copilot import GAP_SECONDS, CopilotHub, CursorSigner, FeedReader
+from cxbridge.store import FeedItem, Store, deliveries
 from tests.http_sink import HttpSink, Reply
 from tests.service_support import (
     KEYS,
@@ -193,3 +194,53 @@ def test_a_slow_panel_is_dropped_and_never_blocks_the_others() -> None:
 
     received, dropped = asyncio.run(scenario())
     assert received == 100 and dropped
+
+
+def test_a_dead_letter_committed_below_ids_already_read_still_reaches_panels(
+    tmp_path: Path,
+) -> None:
+    """PostgreSQL takes a serial id at insert and shows the row at commit: a row with id 2 can become
+    visible after id 3 was read. The reader looks for skipped ids again, for a while."""
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    store.migrate()
+    now = [0.0]
+    reader = FeedReader(store, clock=lambda: now[0])
+    reader.start()
+    with store.engine.begin() as conn:
+        conn.execute(
+            deliveries.insert().values(
+                id="dlv-1",
+                tenant="acme",
+                destination="d",
+                event_id="e",
+                event_type="call_summary",
+                status="dead",
+                body=b"{}",
+                content_type="application/json",
+                meta="{}",
+                attempts=1,
+                created_at=0.0,
+                updated_at=0.0,
+            )
+        )
+
+    def dead_letter(row_id: int) -> None:
+        with store.engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO dead_letters (id, delivery_id, tenant, destination, reason, dead_at)"
+                    " VALUES (:id, 'dlv-1', 'acme', 'd', 'r', 0)"
+                ),
+                {"id": row_id},
+            )
+
+    dead_letter(3)
+    assert [i.id for i in reader.read()] == [3]
+    dead_letter(2)  # committed late
+    now[0] += 1
+    assert [i.id for i in reader.read()] == [2]
+    assert reader.read() == []
+    now[0] += GAP_SECONDS
+    reader.read()
+    assert reader.gaps == {}  # id 1 never came (a rolled-back insert): no longer looked for
+    store.close()

@@ -3,8 +3,9 @@
 Every dead letter of a tenant, and every delivery failing for longer than
 ``CXBRIDGE_COPILOT_FAILING_AFTER``, is pushed to each connected panel of that tenant. The store is the
 durable record and the cross-process channel: one poller per server process reads rows with an id
-above the last one seen (``dead_letters`` and ``notices`` have autoincrement ids) and fans them out in
-process, so a dead letter written by a worker on another machine reaches every server's panels.
+above the last one seen (``dead_letters`` and ``notices`` have autoincrement ids; ids skipped over are
+looked for again, as a PostgreSQL row can commit after a higher id) and fans them out in process, so
+a dead letter written by a worker on another machine reaches every server's panels.
 
 A cursor names the last row a panel received. It is signed with the server secret and bound to the
 tenant: a panel reconnecting with it first receives what it missed (rows are kept for the retention
@@ -22,6 +23,7 @@ import hmac
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -30,16 +32,20 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from cxbridge.service._http import json_or_text
 from cxbridge.service.auth import bearer_token
-from cxbridge.store import FeedItem
+from cxbridge.store import FeedItem, Store
 
 if TYPE_CHECKING:
     from cxbridge.service.runtime import Service
 
-__all__ = ["CopilotHub", "CursorSigner", "copilot_socket", "poll_feed"]
+__all__ = ["CopilotHub", "CursorSigner", "FeedReader", "copilot_socket", "poll_feed"]
 
 log = logging.getLogger(__name__)
 POLICY_VIOLATION, TRY_AGAIN_LATER = 1008, 1013
 SEND_TIMEOUT = 10.0
+FEED_PAGE = 500  # rows of each kind per read
+GAP_SECONDS = 30.0
+MAX_GAP_RUN = 1000  # ids skipped at once that are looked for again
+SENT_MEMORY = 5000  # ids a panel remembers having sent
 Position = tuple[int, int]  # (last dead letter id, last notice id)
 
 
@@ -116,7 +122,6 @@ class CopilotHub:
 
     def publish(self, items: list[FeedItem]) -> None:
         for item in items:
-            self.position = _after(self.position, item)
             for subscriber in list(self.subscribers):
                 if subscriber.wants(item):
                     try:
@@ -132,10 +137,49 @@ class CopilotHub:
         subscriber.queue.put_nowait(None)  # tells its connection to close
 
 
+class FeedReader:
+    """Reads new feed rows by id. On PostgreSQL an id is taken at insert but visible at commit, so a
+    row can appear below ids already read: the ids skipped over are looked up again on every read
+    until they appear, or for ``GAP_SECONDS`` (a rolled-back insert leaves its id unused)."""
+
+    def __init__(self, store: Store, clock: Callable[[], float] = time.monotonic) -> None:
+        self.store = store
+        self.clock = clock
+        self.position: Position = (0, 0)
+        self.gaps: dict[tuple[int, int], float] = {}  # (0 dead letter | 1 notice, id) -> since
+
+    def start(self) -> None:
+        self.position = self.store.feed_heads()
+
+    def read(self) -> list[FeedItem]:
+        now = self.clock()
+        self.gaps = {gap: since for gap, since in self.gaps.items() if now - since < GAP_SECONDS}
+        late: list[FeedItem] = []
+        if self.gaps:
+            only = tuple([i for kind, i in self.gaps if kind == k] for k in (0, 1))
+            late = self.store.feed((0, 0), only=(only[0], only[1]))
+            for item in late:
+                del self.gaps[(_kind_index(item), item.id)]
+        new = self.store.feed(self.position)
+        for item in sorted(new, key=lambda each: each.id):
+            kind = _kind_index(item)
+            last = self.position[kind]
+            for missing in range(last + 1, min(item.id, last + 1 + MAX_GAP_RUN)):
+                self.gaps.setdefault((kind, missing), now)
+            self.position = _after(self.position, item)
+        return late + new
+
+
+def _kind_index(item: FeedItem) -> int:
+    return 0 if item.kind == "dead_letter" else 1
+
+
 async def poll_feed(service: Service) -> None:
     """Read new dead letters and notices from the store and publish them, until cancelled."""
     store, hub, settings = service.engine.store, service.hub, service.settings
-    hub.position = await asyncio.to_thread(store.feed_heads)
+    reader = FeedReader(store)
+    await asyncio.to_thread(reader.start)
+    hub.position = reader.position
     notices_every = max(settings.copilot_poll_interval, 1.0)
     last_notices = 0.0
     while True:
@@ -143,10 +187,11 @@ async def poll_feed(service: Service) -> None:
             if time.monotonic() - last_notices >= notices_every:
                 last_notices = time.monotonic()
                 await asyncio.to_thread(store.record_failing, settings.copilot_failing_after)
-            items = await asyncio.to_thread(store.feed, hub.position)
+            items = await asyncio.to_thread(reader.read)
             hub.publish(items)
-            if items:
-                continue  # maybe more than one page waiting
+            hub.position = reader.position
+            if len(items) >= FEED_PAGE:
+                continue  # more waiting
         except Exception as exc:
             log.warning("Copilot feed poll failed (%s); retrying", type(exc).__name__)
         await asyncio.sleep(settings.copilot_poll_interval)
@@ -163,16 +208,21 @@ class _Panel:
         self.position = position
         self.signer = signer
         self._lock = asyncio.Lock()
+        self._sent: dict[tuple[str, int], None] = {}  # insertion-ordered, bounded
 
     async def send_json(self, data: dict[str, Any]) -> None:
         async with self._lock:
             await asyncio.wait_for(self.ws.send_text(json.dumps(data)), SEND_TIMEOUT)
 
     async def send_item(self, item: FeedItem) -> None:
-        position = _after(self.position, item)
-        if position == self.position:
+        key = (item.kind, item.id)
+        if key in self._sent:
             return  # already sent (from the backlog)
-        self.position = position
+        self._sent[key] = None
+        if len(self._sent) > 2 * SENT_MEMORY:
+            for old in list(self._sent)[:SENT_MEMORY]:
+                del self._sent[old]
+        self.position = _after(self.position, item)
         await self.send_json(
             _message(item, self.signer.sign(self.subscriber.tenant, self.position))
         )

@@ -7,7 +7,7 @@ A mixin of :class:`~cxbridge.store.Store`, kept apart from the engine's hot-path
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,15 +141,25 @@ class ServiceQueries:
         return int(dead or 0), int(notice or 0)
 
     def feed(
-        self, after: tuple[int, int], tenant: str | None = None, limit: int = 500
+        self,
+        after: tuple[int, int],
+        tenant: str | None = None,
+        limit: int = 500,
+        *,
+        only: tuple[Sequence[int], Sequence[int]] | None = None,
     ) -> list[FeedItem]:
         """Dead letters with id > ``after[0]`` and notices with id > ``after[1]`` (each in id order,
-        at most ``limit`` of each), with their delivery's payload and their event."""
+        at most ``limit`` of each), with their delivery's payload and their event. With ``only``:
+        instead, the dead letters and notices of exactly those ids (that exist by now)."""
         items: list[FeedItem] = []
-        for kind, table, time_column, start in (
-            ("dead_letter", dead_letters, dead_letters.c.dead_at, after[0]),
-            ("failing", notices, notices.c.created_at, after[1]),
+        for index, (kind, table, time_column) in enumerate(
+            (
+                ("dead_letter", dead_letters, dead_letters.c.dead_at),
+                ("failing", notices, notices.c.created_at),
+            )
         ):
+            if only is not None and not only[index]:
+                continue
             d, e = deliveries.c, events.c
             query = (
                 sa.select(
@@ -167,30 +177,17 @@ class ServiceQueries:
                 )
                 .join(deliveries, d.id == table.c.delivery_id)
                 .outerjoin(events, sa.and_(e.tenant == d.tenant, e.id == d.event_id))
-                .where(table.c.id > start)
+                .where(
+                    table.c.id.in_(list(only[index]))
+                    if only is not None
+                    else table.c.id > after[index]
+                )
             )
             if tenant is not None:
                 query = query.where(table.c.tenant == tenant)
             with self._read() as conn:
                 rows = conn.execute(query.order_by(table.c.id).limit(limit)).all()
-            for r in rows:
-                m = r._mapping
-                items.append(
-                    FeedItem(
-                        kind=kind,
-                        id=int(m["id"]),
-                        tenant=m["tenant"],
-                        destination=m["destination"],
-                        delivery_id=m["delivery_id"],
-                        event_id=m["event_id"],
-                        event_type=m["event_type"],
-                        reason=m["reason"],
-                        at=float(m["at"]),
-                        payload=bytes(m["payload"]),
-                        content_type=m["content_type"],
-                        event=bytes(m["event"]) if m["event"] is not None else None,
-                    )
-                )
+            items += [_feed_item(kind, r._mapping) for r in rows]
         return sorted(items, key=lambda item: item.at)
 
     def record_failing(self, failing_for: float) -> int:
@@ -260,3 +257,20 @@ class ServiceQueries:
             latency_buckets=[int(b) for b in buckets],
             latency_sum_ms=float(total_ms),
         )
+
+
+def _feed_item(kind: str, m: Any) -> FeedItem:
+    return FeedItem(
+        kind=kind,
+        id=int(m["id"]),
+        tenant=m["tenant"],
+        destination=m["destination"],
+        delivery_id=m["delivery_id"],
+        event_id=m["event_id"],
+        event_type=m["event_type"],
+        reason=m["reason"],
+        at=float(m["at"]),
+        payload=bytes(m["payload"]),
+        content_type=m["content_type"],
+        event=bytes(m["event"]) if m["event"] is not None else None,
+    )
