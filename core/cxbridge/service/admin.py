@@ -116,7 +116,6 @@ async def version(request: Request) -> JSONResponse:
     security: [{bearer: []}]
     responses:
       "200": {description: "version: hash of the tenant files; tenants visible to the caller"}
-      "401": {$ref: "#/components/responses/Unauthorized"}
     """
     service, principal = _caller(request)
     tenants = sorted(t for t in service.engine.tenants if principal.sees(t))
@@ -133,7 +132,6 @@ async def reload(request: Request) -> JSONResponse:
     security: [{bearer: []}]
     responses:
       "200": {description: The new version}
-      "401": {$ref: "#/components/responses/Unauthorized"}
       "403": {description: Not the admin token}
       "422": {description: "The files have problems (file:line:col: message); nothing changed"}
     """
@@ -161,7 +159,6 @@ async def events(request: Request) -> JSONResponse:
       - $ref: "#/components/parameters/limit"
     responses:
       "200": {$ref: "#/components/responses/Page"}
-      "401": {$ref: "#/components/responses/Unauthorized"}
       "403": {$ref: "#/components/responses/OtherTenant"}
       "422": {$ref: "#/components/responses/BadParameter"}
     """
@@ -200,7 +197,6 @@ async def list_deliveries(request: Request) -> JSONResponse:
       - $ref: "#/components/parameters/limit"
     responses:
       "200": {$ref: "#/components/responses/Page"}
-      "401": {$ref: "#/components/responses/Unauthorized"}
       "403": {$ref: "#/components/responses/OtherTenant"}
       "422": {$ref: "#/components/responses/BadParameter"}
     """
@@ -222,7 +218,6 @@ async def delivery(request: Request) -> JSONResponse:
       - $ref: "#/components/parameters/delivery_id"
     responses:
       "200": {description: "delivery, attempts, dead_letters"}
-      "401": {$ref: "#/components/responses/Unauthorized"}
       "404": {$ref: "#/components/responses/NoDelivery"}
     """
     service, principal = _caller(request)
@@ -245,7 +240,6 @@ async def dead_letters(request: Request) -> JSONResponse:
       - $ref: "#/components/parameters/limit"
     responses:
       "200": {$ref: "#/components/responses/Page"}
-      "401": {$ref: "#/components/responses/Unauthorized"}
       "403": {$ref: "#/components/responses/OtherTenant"}
       "422": {$ref: "#/components/responses/BadParameter"}
     """
@@ -270,7 +264,6 @@ async def replay_delivery(request: Request) -> JSONResponse:
       content: {application/json: {schema: {type: object, properties: {rerender: {type: boolean}}}}}
     responses:
       "202": {description: "replayed: enqueued again (1 or 0); in_flight and pending: skipped, an attempt is running or scheduled"}
-      "401": {$ref: "#/components/responses/Unauthorized"}
       "404": {$ref: "#/components/responses/NoDelivery"}
       "422": {description: Cannot re-render}
     """
@@ -304,7 +297,6 @@ async def replay_matching(request: Request) -> JSONResponse:
     responses:
       "200": {description: "dry run: matched"}
       "202": {description: "replayed: how many were enqueued again; in_flight and pending: how many were skipped"}
-      "401": {$ref: "#/components/responses/Unauthorized"}
       "403": {$ref: "#/components/responses/OtherTenant"}
       "422": {$ref: "#/components/responses/BadParameter"}
     """
@@ -346,7 +338,6 @@ async def destination_state(request: Request) -> JSONResponse:
       content: {application/json: {schema: {type: object, properties: {reason: {type: string}}}}}
     responses:
       "200": {description: "changed: false when it already was"}
-      "401": {$ref: "#/components/responses/Unauthorized"}
       "403": {$ref: "#/components/responses/OtherTenant"}
       "404": {description: No such destination or action}
     """
@@ -386,7 +377,6 @@ async def preview(request: Request) -> JSONResponse:
               event: {$ref: "#/components/schemas/Event"}
     responses:
       "200": {description: "body, content_type, meta, subscribed (the destination takes this event type)"}
-      "401": {$ref: "#/components/responses/Unauthorized"}
       "403": {$ref: "#/components/responses/OtherTenant"}
       "404": {description: No such destination}
       "422": {description: Invalid event or template error}

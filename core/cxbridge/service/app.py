@@ -133,7 +133,12 @@ def openapi_document() -> dict[str, Any]:
             },
         }
     )
-    return generator.get_schema(ROUTES)
+    document = generator.get_schema(ROUTES)
+    for operations in document["paths"].values():
+        for operation in operations.values():
+            if operation.get("security"):  # every authenticated operation can answer 401
+                operation["responses"]["401"] = {"$ref": "#/components/responses/Unauthorized"}
+    return document
 
 
 def create_app(service: Service) -> Starlette:

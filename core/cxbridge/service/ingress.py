@@ -46,7 +46,6 @@ async def post_event(request: Request) -> JSONResponse:
     responses:
       "202": {description: Stored; delivery ids returned, content: {application/json: {schema: {$ref: "#/components/schemas/Accepted"}}}}
       "200": {description: Duplicate event id; the first answer, content: {application/json: {schema: {$ref: "#/components/schemas/Accepted"}}}}
-      "401": {$ref: "#/components/responses/Unauthorized"}
       "403": {description: The event names another tenant than the key's}
       "413": {description: Body larger than CXBRIDGE_MAX_BODY_BYTES}
       "422": {description: "Invalid event, with field paths", content: {application/json: {schema: {$ref: "#/components/schemas/Invalid"}}}}
@@ -73,7 +72,6 @@ async def post_batch(request: Request) -> JSONResponse:
           schema: {type: array, maxItems: 100, items: {$ref: "#/components/schemas/Event"}}
     responses:
       "200": {description: "One result per event in order (status 202, 200, 403, 422 or 503 each)", content: {application/json: {schema: {$ref: "#/components/schemas/BatchResult"}}}}
-      "401": {$ref: "#/components/responses/Unauthorized"}
       "413": {description: Body larger than CXBRIDGE_MAX_BODY_BYTES}
       "422": {description: Not a JSON array of at most 100 events}
       "429": {description: Tenant rate limit; see Retry-After}
