@@ -3,7 +3,6 @@ broker, Redis and RabbitMQ, with the store on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -13,7 +12,7 @@ import pytest
 from cxbridge import Outcome
 from cxbridge.brokers import broker_from_url
 from cxbridge.clock import SystemClock
-from tests.engine_support import MakeEngine, make_event
+from tests.engine_support import MakeEngine, make_event, wait_until_settled
 from tests.scripted_plugin import ScriptedPlugin
 
 
@@ -22,23 +21,6 @@ def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'broker.db'}"
     return str(request.getfixturevalue("redis_url" if request.param == "redis" else "amqp_url"))
-
-
-def wait_until_settled(engine, timeout: float = 30.0) -> dict[str, int]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        counts = engine.store.status_counts()
-        if counts.get("pending", 0) == 0:
-            return counts
-        time.sleep(0.05)
-    from cxbridge.store import DeliveryFilter
-
-    stuck = [
-        (r.id, r.attempts, r.next_attempt_at, engine.store.attempts_of(r.id))
-        for r in engine.store.list_deliveries(DeliveryFilter(status="pending"))
-    ]
-    extra = getattr(engine.broker, "message_counts", lambda q: None)(engine.queue_name)
-    raise AssertionError(f"still pending after {timeout} s: {counts}; {stuck}; broker {extra}")
 
 
 def test_workers_deliver_retry_and_dead_letter(

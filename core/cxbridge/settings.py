@@ -8,6 +8,8 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from cxbridge.events import MAX_EVENT_BYTES
+
 __all__ = ["Settings"]
 
 
@@ -40,12 +42,14 @@ class Settings(BaseSettings):
         30, ge=1, description="Delivered and dead rows older than this are purged."
     )
     lease_seconds: float = Field(
-        60, gt=0, description="How long one attempt may hold a delivery before another worker may."
+        60,
+        gt=0,
+        description="How long a lease lasts unless renewed (running attempts renew it every third).",
     )
     lost_after: float = Field(
         60,
         gt=0,
-        description="A delivery enqueued this long ago and not attempted is enqueued again.",
+        description="A message the broker no longer holds is sent again once it is this old.",
     )
     short_delay: float = Field(
         30,
@@ -53,8 +57,18 @@ class Settings(BaseSettings):
         description="Retry waits up to this go to the broker as a delay; longer ones wait in the store.",
     )
     log_format: str = Field("auto", pattern="^(auto|json|text)$")
+    max_event_bytes: int = Field(
+        MAX_EVENT_BYTES,
+        ge=1024,
+        description="Largest event accepted, in bytes of its JSON as received (a mapping: as stored).",
+    )
+    tenant_env_allow: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated environment variables every tenant file may read, besides "
+        "its own (named after the tenant: ACME_... for tenant acme).",
+    )
 
-    @field_validator("plugins_allow", "plugins_deny", mode="before")
+    @field_validator("plugins_allow", "plugins_deny", "tenant_env_allow", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):

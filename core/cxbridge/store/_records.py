@@ -60,6 +60,7 @@ class DeliveryRecord:
     last_error: str | None
     remote_id: str | None
     lease_until: datetime | None = None
+    lease_token: str | None = None  # set on a leased record: the fencing token of its lease
 
     @classmethod
     def from_row(cls, row: sa.Row[Any]) -> DeliveryRecord:
@@ -83,11 +84,12 @@ class DeliveryRecord:
             last_error=m["last_error"],
             remote_id=m["remote_id"],
             lease_until=_dt(m["lease_until"]),
+            lease_token=m["lease_token"],
         )
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-friendly view for the CLI and admin API (payload body as text)."""
-        data = {k: v for k, v in self.__dict__.items() if k != "payload"}
+        data = {k: v for k, v in self.__dict__.items() if k not in ("payload", "lease_token")}
         for key, value in data.items():
             if isinstance(value, datetime):
                 data[key] = value.isoformat()

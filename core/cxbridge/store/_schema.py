@@ -56,6 +56,8 @@ deliveries = sa.Table(
     sa.Column("next_attempt_at", sa.Float),
     sa.Column("enqueued_at", sa.Float),
     sa.Column("lease_until", sa.Float),
+    # The fencing token of the current lease: only the attempt holding it may record a result.
+    sa.Column("lease_token", sa.String(32)),
     sa.Column("delivered_at", sa.Float),
     sa.Column("last_error", sa.Text),
     sa.Column("remote_id", sa.String(200)),
@@ -78,6 +80,8 @@ attempts = sa.Table(
     sa.Column("retry_after", sa.Float),
     sa.Column("remote_id", sa.String(200)),
     sa.Column("response_excerpt", sa.Text),
+    # A result that came back after its lease was lost: logged, changed nothing.
+    sa.Column("stale", sa.Boolean, nullable=False, default=False, server_default=sa.false()),
 )
 dead_letters = sa.Table(
     "dead_letters",
@@ -123,6 +127,16 @@ schema_version = sa.Table(
 )
 
 
+def _add_columns(conn: sa.Connection, table: sa.Table, *names: str) -> None:
+    """``ALTER TABLE … ADD COLUMN`` for the named columns of ``table`` that the database lacks
+    (a database created by migration 1 of this version already has them)."""
+    present = {column["name"] for column in sa.inspect(conn).get_columns(table.name)}
+    for name in names:
+        if name not in present:
+            ddl = sa.schema.CreateColumn(table.c[name]).compile(dialect=conn.dialect)
+            conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {ddl}"))
+
+
 def _create_tables(conn: sa.Connection) -> None:
     """Version 1: the tables. A new database gets today's definitions, so later migrations check
     before they add."""
@@ -133,10 +147,7 @@ def _add_dead_letter_outbox(conn: sa.Connection) -> None:
     """Version 2: ``dead_letters`` becomes the outbox of ``on_delivery_failed``. Dead letters of an
     older version already had their hooks called (or lost them in a crash, which can no longer be
     told apart): they count as done, so an upgrade does not page anyone for old failures."""
-    existing = {column["name"] for column in sa.inspect(conn).get_columns("dead_letters")}
-    for name in ("hooks_done_at", "hooks_claimed_until"):
-        if name not in existing:
-            conn.exec_driver_sql(f"ALTER TABLE dead_letters ADD COLUMN {name} FLOAT")
+    _add_columns(conn, dead_letters, "hooks_done_at", "hooks_claimed_until")
     indexes = {index["name"] for index in sa.inspect(conn).get_indexes("dead_letters")}
     if "ix_dead_letters_hooks" not in indexes:
         next(i for i in dead_letters.indexes if i.name == "ix_dead_letters_hooks").create(conn)
@@ -147,8 +158,14 @@ def _add_dead_letter_outbox(conn: sa.Connection) -> None:
     )
 
 
+def _add_fencing(conn: sa.Connection) -> None:
+    """Version 3: lease tokens on deliveries, the stale mark on attempts."""
+    _add_columns(conn, deliveries, "lease_token")
+    _add_columns(conn, attempts, "stale")
+
+
 def _add_notices(conn: sa.Connection) -> None:
-    """Version 3: the ``notices`` table of the Copilot feed ("a delivery is failing for long")."""
+    """Version 4: the ``notices`` table of the Copilot feed ("a delivery is failing for long")."""
     notices.create(conn, checkfirst=True)
 
 
@@ -156,5 +173,6 @@ def _add_notices(conn: sa.Connection) -> None:
 MIGRATIONS: list[Callable[[sa.Connection], None]] = [
     _create_tables,
     _add_dead_letter_outbox,
+    _add_fencing,
     _add_notices,
 ]

@@ -20,6 +20,7 @@ from cxbridge.store._schema import (
 )
 
 __all__ = [
+    "DB_NOW",
     "_ATTEMPT_KEYS",
     "_CLAIM_DEAD_LEFT_OVER",
     "_CLAIM_DEAD_OF",
@@ -29,9 +30,9 @@ __all__ = [
     "_HAS_EVENT",
     "_INSERT_ATTEMPT",
     "_INSERT_DEAD",
-    "_LEASE",
     "_MARK_ENQUEUED",
     "_Compiled",
+    "lease_statement",
 ]
 
 # The statements of the hot path (ingest and every attempt), built once with bound parameters:
@@ -59,21 +60,37 @@ _DISABLED_REASON = (
     .scalar_subquery()
     .label("disabled_reason")
 )
-_LEASE = (
-    deliveries.update()
-    .where(
-        _c.id == sa.bindparam("b_id"),
-        _c.status == PENDING,
-        sa.or_(_c.next_attempt_at.is_(None), _c.next_attempt_at <= sa.bindparam("b_now")),
-        sa.or_(_c.lease_until.is_(None), _c.lease_until < sa.bindparam("b_now")),
+# The database's clock in epoch seconds (PostgreSQL), for lease times: see ``Store.db_clock``.
+DB_NOW = sa.extract("epoch", sa.func.clock_timestamp())
+
+
+def lease_statement(lease_now: sa.ColumnElement[Any]) -> sa.Update:
+    """The lease: a pending, due delivery that no live lease holds gets a fresh lease, a fencing
+    token, and the next attempt number (``attempts + 1``: each lease takes its own, so a late
+    result can never share a number with the attempt that replaced it). ``lease_now`` is the
+    clock lease times are on (the bound ``b_lease_now``, or :data:`DB_NOW`)."""
+    return (
+        deliveries.update()
+        .where(
+            _c.id == sa.bindparam("b_id"),
+            _c.status == PENDING,
+            sa.or_(_c.next_attempt_at.is_(None), _c.next_attempt_at <= sa.bindparam("b_now")),
+            sa.or_(_c.lease_until.is_(None), _c.lease_until < lease_now),
+        )
+        .values(
+            lease_until=lease_now + sa.bindparam("b_lease_seconds"),
+            lease_token=sa.bindparam("b_token"),
+            attempts=_c.attempts + 1,
+        )
+        .returning(*deliveries.c, _DISABLED_REASON)
     )
-    .values(lease_until=sa.bindparam("b_lease_until"))
-    .returning(*deliveries.c, _DISABLED_REASON)
-)
+
+
 _INSERT_ATTEMPT = attempts.insert()
+# Fenced: only the holder of the lease's token records a result (rowcount 0: the result is stale).
 _FINISH = (
     deliveries.update()
-    .where(_c.id == sa.bindparam("b_id"))
+    .where(_c.id == sa.bindparam("b_id"), _c.lease_token == sa.bindparam("b_token"))
     .values(
         status=sa.bindparam("b_status"),
         attempts=sa.bindparam("b_attempts"),
@@ -82,6 +99,7 @@ _FINISH = (
         next_attempt_at=sa.bindparam("b_next_attempt_at"),
         enqueued_at=sa.bindparam("b_enqueued_at"),
         lease_until=None,
+        lease_token=None,
         delivered_at=sa.bindparam("b_delivered_at"),
         last_error=sa.bindparam("b_last_error"),
         remote_id=sa.bindparam("b_remote_id"),
@@ -100,6 +118,7 @@ _ATTEMPT_KEYS = (
     "retry_after",
     "remote_id",
     "response_excerpt",
+    "stale",
 )
 _DEAD_KEYS = ("delivery_id", "tenant", "destination", "reason", "dead_at")
 
