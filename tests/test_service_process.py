@@ -217,3 +217,46 @@ def test_serve_on_invalid_tenant_files_says_why_without_a_traceback(tmp_path: Pa
     assert result.returncode == 1
     assert "acme.yaml:3:" in result.stderr and "unknown destination type" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.services
+def test_servers_and_workers_starting_together_migrate_one_fresh_postgres_database(
+    postgres_url: str,
+) -> None:
+    """``serve --no-workers`` and ``cxbridge worker`` on several machines start at once: each
+    migrates, and none fails on the others' CREATE TABLE."""
+    import threading
+
+    import sqlalchemy as sa
+
+    from cxbridge.store import Store
+
+    name = f"cxbridge_migrate_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    url = postgres_url.rsplit("/", 1)[0] + "/" + name
+    stores = [Store(url) for _ in range(4)]
+    start = threading.Barrier(len(stores))
+    errors: list[BaseException] = []
+
+    def migrate(store: Store) -> None:
+        start.wait()
+        try:
+            store.migrate()
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=migrate, args=(store,)) for store in stores]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    finally:
+        for store in stores:
+            store.close()
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+    assert errors == []

@@ -56,6 +56,8 @@ from cxbridge.store._statements import (
 
 __all__ = ["Store"]
 
+_MIGRATE_LOCK = 0x6378_6272_6964  # "cxbrid": the PostgreSQL advisory lock key of migrations
+
 
 class Store(ServiceQueries):
     """Everything the engine persists. Thread-safe; one instance per process."""
@@ -126,8 +128,11 @@ class Store(ServiceQueries):
             return datetime.fromtimestamp(float(conn.execute(sa.select(DB_NOW)).scalar_one()), UTC)
 
     def migrate(self) -> int:
-        """Apply pending migrations; returns the schema version."""
+        """Apply pending migrations; returns the schema version. Processes starting together take
+        turns (SQLite: the write lock; PostgreSQL: a transaction-scoped advisory lock)."""
         with self._write() as conn:
+            if not self.is_sqlite:
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATE_LOCK})
             schema_version.create(conn, checkfirst=True)
             current = conn.execute(sa.select(schema_version.c.version)).scalar()
             if current is None:
