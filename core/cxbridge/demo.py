@@ -34,7 +34,7 @@ from cxbridge.store import DEAD, DELIVERED, PENDING, DeliveryFilter
 if TYPE_CHECKING:
     from cxbridge.engine import Engine
 
-__all__ = ["DemoReceiver", "run_demo", "sample_events"]
+__all__ = ["DemoReceiver", "point_example_tenant", "run_demo", "sample_events"]
 
 #: The endpoints the receiver plays, by path: what each answers.
 HEALTHY, FLAKY, REJECTING = "/bi", "/escalations", "/tickets"
@@ -142,17 +142,23 @@ def sample_events(count: int, tenant: str = "acme") -> list[dict[str, Any]]:
     return events
 
 
+def point_example_tenant(receiver: DemoReceiver) -> None:
+    """Set the example tenant's variables to the receiver's endpoints (API key: ``demo-key`` unless
+    ``ACME_API_KEY`` is set). ``cxbridge serve`` on the example does the same."""
+    os.environ.setdefault("ACME_API_KEY", "demo-key")
+    os.environ["ACME_WEBHOOK_SECRET"] = receiver.secret
+    os.environ["ACME_WEBHOOK_URL"] = receiver.base + HEALTHY
+    os.environ["ACME_ESCALATION_URL"] = receiver.base + FLAKY
+    os.environ["ACME_TICKETS_URL"] = receiver.base + REJECTING
+
+
 def run_demo(settings: Settings, *, events: int = 8, timeout: float = 45.0) -> int:
     """Run the demo; returns the process exit code (0 when every delivery arrived verified)."""
     from cxbridge.engine import Engine
 
     secret = generate_secret()
     with DemoReceiver(secret) as receiver:
-        os.environ.setdefault("ACME_API_KEY", "demo-key")
-        os.environ["ACME_WEBHOOK_SECRET"] = secret
-        os.environ["ACME_WEBHOOK_URL"] = receiver.base + HEALTHY
-        os.environ["ACME_ESCALATION_URL"] = receiver.base + FLAKY
-        os.environ["ACME_TICKETS_URL"] = receiver.base + REJECTING
+        point_example_tenant(receiver)
         engine = Engine(settings)
         click.echo(f"store {settings.database_url}, broker {settings.broker_url} (kept afterwards)")
         click.echo(

@@ -208,6 +208,11 @@ class Engine:
             self.actor.send(delivery_id)
         self.store.mark_enqueued(delivery_ids)
 
+    def replace_tenants(self, tenants: Mapping[str, TenantConfig]) -> None:
+        """Switch to reloaded tenant files: events accepted and attempts started from now on use them."""
+        self.tenants = tenants
+        self.router.tenants = tenants
+
     # -- one attempt -----------------------------------------------------------------------------
 
     def _deliver_message(self, delivery_id: str) -> None:

@@ -23,6 +23,7 @@ from cxbridge.store._schema import (
     metadata,
     schema_version,
 )
+from cxbridge.store._service import LATENCY_BUCKETS_MS, FeedItem, StoreCounts
 from cxbridge.store._store import Store
 
 __all__ = [  # noqa: RUF022 - grouped by purpose, like dramatiq's
@@ -36,6 +37,9 @@ __all__ = [  # noqa: RUF022 - grouped by purpose, like dramatiq's
     "DeliveryRecord",
     "NewDelivery",
     "ReplayReset",
+    "FeedItem",
+    "StoreCounts",
+    "LATENCY_BUCKETS_MS",
     # schema: delivery statuses, limits, tables (for tests and the benchmark)
     "DEAD",
     "DELIVERED",

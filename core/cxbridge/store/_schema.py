@@ -19,6 +19,7 @@ __all__ = [
     "disabled_destinations",
     "events",
     "metadata",
+    "notices",
     "schema_version",
 ]
 
@@ -106,6 +107,21 @@ disabled_destinations = sa.Table(
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("disabled_at", sa.Float, nullable=False),
 )
+# "Still failing" notices for the Copilot feed: one per delivery and failing streak (a replay starts a
+# new streak with a new ``failing_since``). The autoincrement id is the feed's cursor, as for
+# ``dead_letters``.
+notices = sa.Table(
+    "notices",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("delivery_id", sa.String(64), nullable=False),
+    sa.Column("tenant", sa.String(100), nullable=False),
+    sa.Column("destination", sa.String(200), nullable=False),
+    sa.Column("failing_since", sa.Float, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False, index=True),
+    sa.UniqueConstraint("delivery_id", "failing_since", name="uq_notices_streak"),
+)
 schema_version = sa.Table(
     "cxbridge_schema_version", metadata, sa.Column("version", sa.Integer, nullable=False)
 )
@@ -148,9 +164,15 @@ def _add_fencing(conn: sa.Connection) -> None:
     _add_columns(conn, attempts, "stale")
 
 
+def _add_notices(conn: sa.Connection) -> None:
+    """Version 4: the ``notices`` table of the Copilot feed ("a delivery is failing for long")."""
+    notices.create(conn, checkfirst=True)
+
+
 # Each migration brings the schema from version i to i + 1.
 MIGRATIONS: list[Callable[[sa.Connection], None]] = [
     _create_tables,
     _add_dead_letter_outbox,
     _add_fencing,
+    _add_notices,
 ]

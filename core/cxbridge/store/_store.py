@@ -34,8 +34,10 @@ from cxbridge.store._schema import (
     deliveries,
     disabled_destinations,
     events,
+    notices,
     schema_version,
 )
+from cxbridge.store._service import ServiceQueries
 from cxbridge.store._statements import (
     _ATTEMPT_KEYS,
     _CLAIM_DEAD_LEFT_OVER,
@@ -54,8 +56,10 @@ from cxbridge.store._statements import (
 
 __all__ = ["Store"]
 
+_MIGRATE_LOCK = 0x6378_6272_6964  # "cxbrid": the PostgreSQL advisory lock key of migrations
 
-class Store:
+
+class Store(ServiceQueries):
     """Everything the engine persists. Thread-safe; one instance per process."""
 
     def __init__(self, url: str, *, clock: Clock | None = None) -> None:
@@ -124,8 +128,11 @@ class Store:
             return datetime.fromtimestamp(float(conn.execute(sa.select(DB_NOW)).scalar_one()), UTC)
 
     def migrate(self) -> int:
-        """Apply pending migrations; returns the schema version."""
+        """Apply pending migrations; returns the schema version. Processes starting together take
+        turns (SQLite: the write lock; PostgreSQL: a transaction-scoped advisory lock)."""
         with self._write() as conn:
+            if not self.is_sqlite:
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATE_LOCK})
             schema_version.create(conn, checkfirst=True)
             current = conn.execute(sa.select(schema_version.c.version)).scalar()
             if current is None:
@@ -624,6 +631,7 @@ class Store:
         with self._write() as conn:
             conn.execute(attempts.delete().where(attempts.c.delivery_id.in_(finished)))
             conn.execute(dead_letters.delete().where(dead_letters.c.delivery_id.in_(finished)))
+            conn.execute(notices.delete().where(notices.c.delivery_id.in_(finished)))
             deleted = conn.execute(
                 deliveries.delete().where(c.status.in_([DELIVERED, DEAD]), c.updated_at < cutoff)
             ).rowcount
