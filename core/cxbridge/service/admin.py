@@ -392,7 +392,9 @@ async def preview(request: Request) -> JSONResponse:
     if config is None or destination is None:
         raise ApiError(404, f"no destination {name!r} of tenant {tenant!r}")
     try:
-        event = parse_event({**body["event"], "tenant": config.name})
+        event = parse_event(
+            {**body["event"], "tenant": config.name}, max_bytes=service.settings.max_event_bytes
+        )
         payload = render_payload(service.engine.hooks, event, destination)
     except CxbridgeError as exc:
         raise cxbridge_error(exc) from None

@@ -125,7 +125,7 @@ async def _accept(service: Service, tenant: str, data: Any) -> tuple[int, dict[s
     if named != tenant:
         return 403, {"error": "the API key's tenant may not post events of another tenant"}
     try:
-        event = parse_event({**data, "tenant": tenant})
+        event = parse_event({**data, "tenant": tenant}, max_bytes=service.settings.max_event_bytes)
     except EventValidationError as exc:
         return 422, _invalid(exc.problems)
     try:
