@@ -167,6 +167,7 @@ class Engine:
         )
         if short and next_at is not None:
             self._send_in(record.id, (next_at - now).total_seconds())
+        self._enqueue_next_head(record)
         if dead_reason is not None:
             self.hooks.on_delivery_failed(delivery, destination, dead_reason)
         return outcome
@@ -178,12 +179,21 @@ class Engine:
         record = self.store.get_delivery(delivery_id)
         if record is None or record.status != PENDING or record.next_attempt_at is None:
             return
+        if record.order_key is not None and self.store.park(delivery_id):
+            return  # waits behind its key: the head's finish (or the sweep) enqueues it later
         now = self.clock.now()
         if record.lease_until is not None and record.lease_until > now:
             return  # another worker is attempting it right now
         remaining = (record.next_attempt_at - now).total_seconds()
         if remaining <= self.short_delay:
             self._send_in(delivery_id, remaining)
+
+    def _enqueue_next_head(self, record: DeliveryRecord) -> None:
+        """After an attempt (or dead letter) of an ordered delivery, committed: enqueue the next
+        delivery of its key that may go now. A crash before this loses nothing: the waiting
+        delivery was never enqueued (or was parked), so the sweep finds it once it is the head."""
+        if record.order_key is not None:
+            self.enqueue(self.store.next_heads(record))
 
     def _send_in(self, delivery_id: str, seconds: float) -> None:
         """Enqueue with a broker delay, rounded up: a message must not arrive before it is due."""
@@ -212,6 +222,7 @@ class Engine:
         self, record: DeliveryRecord, destination: Destination | None, reason: str
     ) -> Outcome:
         self.store.kill(record, reason)
+        self._enqueue_next_head(record)
         if destination is None:
             destination = Destination(
                 record.tenant, record.destination, "unknown", frozenset(), options=None

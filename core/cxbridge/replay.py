@@ -2,6 +2,10 @@
 
 A replay re-sends the stored payload (the same bytes as the first attempt) with a fresh 24-hour retry
 window; ``rerender=True`` renders it again from the stored event with the current configuration.
+
+A replayed delivery of an ordered destination takes its place in its key's order again, by its
+event's time: it waits for a delivery of its key in flight, and pending deliveries of the key whose
+events occurred later wait for it.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ def replay(
         payloads = {r.id: _rerender(engine, r) for r in chunk} if rerender else None
         ids = [r.id for r in chunk]
         engine.store.reset_for_replay(ids, payloads)
-        engine.enqueue(ids)
+        engine.enqueue(engine.store.ready(ids))
         if progress is not None:
             progress(len(chunk))
     return len(records)

@@ -2,7 +2,8 @@
 
 ``on_event`` hooks observe the event; each destination whose ``events`` list and ``when`` condition match
 gets its payload rendered once by ``transform``; the event and its deliveries are stored in one
-transaction, then enqueued. The same event id again fans out nothing new.
+transaction, then enqueued — except deliveries that wait behind an earlier delivery of their ordering
+key (see :func:`ordering_key`). The same event id again fans out nothing new.
 """
 
 from __future__ import annotations
@@ -20,7 +21,14 @@ from cxbridge.outcome import Delivery, Payload
 from cxbridge.plugins import Hooks
 from cxbridge.store import NewDelivery, Store
 
-__all__ = ["Accepted", "Router", "UnknownTenantError", "delivery_id", "render_payload"]
+__all__ = [
+    "Accepted",
+    "Router",
+    "UnknownTenantError",
+    "delivery_id",
+    "ordering_key",
+    "render_payload",
+]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +42,15 @@ def delivery_id(tenant: str, event_id: str, destination: str) -> str:
     replay and process, so it can serve as the destination's idempotency key."""
     digest = hashlib.sha256(f"{tenant}\0{event_id}\0{destination}".encode()).hexdigest()
     return f"dlv_{digest[:32]}"
+
+
+def ordering_key(event: Event) -> str:
+    """The ordering key of an event's deliveries to an ordered destination: its call id (hashed
+    when longer than the column), so the events of one call reach the destination one at a time."""
+    call_id = event.call.id
+    if len(call_id) <= 200:
+        return call_id
+    return "sha256:" + hashlib.sha256(call_id.encode()).hexdigest()
 
 
 def event_body(event: Event) -> bytes:
@@ -103,7 +120,8 @@ class Router:
                     "event %s to %s/%s: %s", event.id, tenant.name, destination.name, dead_reason
                 )
             did = delivery_id(event.tenant, event.id, destination.name)
-            new.append((NewDelivery(did, destination.name, payload, dead_reason), destination))
+            key = ordering_key(event) if destination.ordered else None
+            new.append((NewDelivery(did, destination.name, payload, dead_reason, key), destination))
         stored = self.store.add_event(
             tenant=event.tenant,
             event_id=event.id,
@@ -115,6 +133,11 @@ class Router:
         if not stored:  # another process stored it between our check and our insert
             return self._duplicate(event)
         pending = [n.id for n, _ in new if n.dead_reason is None]
+        ordered = {n.id for n, _ in new if n.order_key is not None}
+        if ordered & set(pending):
+            # After the commit, so that this check and the finish of an earlier delivery of the
+            # key cannot both miss each other: one of them enqueues it.
+            pending = self.store.ready(pending)
         self.enqueue(pending)
         for n, destination in new:
             if n.dead_reason is not None:

@@ -28,10 +28,14 @@ def _dt(value: float | None) -> datetime | None:
 
 @dataclass(frozen=True)
 class NewDelivery:
+    """A delivery to store with its event. ``order_key``: deliveries sharing it (per destination)
+    are attempted one at a time, in the order their events occurred; ``None``: unordered."""
+
     id: str
     destination: str
     payload: Payload
     dead_reason: str | None = None
+    order_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,7 @@ class DeliveryRecord:
     last_error: str | None
     remote_id: str | None
     lease_until: datetime | None = None
+    order_key: str | None = None
 
     @classmethod
     def from_row(cls, row: sa.Row[Any]) -> DeliveryRecord:
@@ -74,6 +79,7 @@ class DeliveryRecord:
             last_error=m["last_error"],
             remote_id=m["remote_id"],
             lease_until=_dt(m["lease_until"]),
+            order_key=m["order_key"],
         )
 
     def as_dict(self) -> dict[str, Any]:

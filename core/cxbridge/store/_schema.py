@@ -58,9 +58,16 @@ deliveries = sa.Table(
     sa.Column("delivered_at", sa.Float),
     sa.Column("last_error", sa.Text),
     sa.Column("remote_id", sa.String(200)),
+    # Per-key order (schema version 2): deliveries of one ordering key (the call, per destination)
+    # are attempted one at a time, by the event's time (``order_at``), then arrival (``created_at``).
+    # NULL: unordered.
+    sa.Column("order_key", sa.String(200)),
+    sa.Column("order_at", sa.Float),
     sa.Index("ix_deliveries_due", "status", "next_attempt_at"),
     sa.Index("ix_deliveries_filter", "tenant", "destination", "status", "created_at"),
     sa.Index("ix_deliveries_event", "tenant", "event_id"),
+    # The head check of every lease looks up the pending deliveries of one key.
+    sa.Index("ix_deliveries_order", "order_key", "tenant", "destination", "status", "order_at"),
 )
 attempts = sa.Table(
     "attempts",
@@ -101,7 +108,32 @@ schema_version = sa.Table(
     "cxbridge_schema_version", metadata, sa.Column("version", sa.Integer, nullable=False)
 )
 
+
+def _add_missing_columns(conn: sa.Connection, table: sa.Table, *names: str) -> None:
+    """``ALTER TABLE … ADD COLUMN`` for each named column the database lacks. A database created
+    at this version already has them: migration 1 creates the tables as defined above."""
+    present = {column["name"] for column in sa.inspect(conn).get_columns(table.name)}
+    preparer = conn.dialect.identifier_preparer
+    for name in names:
+        if name not in present:
+            column = table.c[name]
+            conn.exec_driver_sql(
+                f"ALTER TABLE {preparer.format_table(table)} ADD COLUMN "
+                f"{preparer.format_column(column)} {column.type.compile(conn.dialect)}"
+            )
+
+
+def _add_ordering(conn: sa.Connection) -> None:
+    """Version 2: the ordering key and time of each delivery, and the index of the head check.
+    Existing rows keep ``order_key`` NULL (unordered)."""
+    _add_missing_columns(conn, deliveries, "order_key", "order_at")
+    next(i for i in deliveries.indexes if i.name == "ix_deliveries_order").create(
+        conn, checkfirst=True
+    )
+
+
 # Each migration brings the schema from version i to i + 1. Version 1 is the tables above.
 MIGRATIONS: list[Callable[[sa.Connection], None]] = [
-    lambda conn: metadata.create_all(conn, tables=[t for t in metadata.sorted_tables])
+    lambda conn: metadata.create_all(conn, tables=[t for t in metadata.sorted_tables]),
+    _add_ordering,
 ]

@@ -40,6 +40,8 @@ from cxbridge.store._statements import (
     _HAS_EVENT,
     _INSERT_ATTEMPT,
     _INSERT_DEAD,
+    _IS_HEAD,
+    _KEY_LOCK,
     _LEASE,
     _MARK_ENQUEUED,
     _Compiled,
@@ -60,6 +62,7 @@ class Store:
         self._insert_event = self._insert(events).on_conflict_do_nothing()
         dialect = self.engine.dialect
         self._lease_sql = _Compiled(_LEASE, dialect)
+        self._key_lock_sql = None if self.is_sqlite else _Compiled(_KEY_LOCK, dialect)
         self._insert_attempt_sql = _Compiled(_INSERT_ATTEMPT, dialect, _ATTEMPT_KEYS)
         self._finish_sql = _Compiled(_FINISH, dialect)
         self._insert_dead_sql = _Compiled(_INSERT_DEAD, dialect, _DEAD_KEYS)
@@ -170,6 +173,8 @@ class Store:
                         "updated_at": now,
                         "next_attempt_at": None if d.dead_reason else now,
                         "last_error": d.dead_reason,
+                        "order_key": d.order_key,
+                        "order_at": occurred_at.timestamp(),
                     }
                 )
                 if d.dead_reason:
@@ -215,13 +220,16 @@ class Store:
     ) -> tuple[DeliveryRecord, str | None] | None:
         """Lease a pending, due delivery for one attempt, and say in the same statement why its
         destination is disabled (``None`` while it is enabled). ``None`` if the delivery is not
-        pending, not due, or leased by another worker: two copies of one message never send twice
-        at once."""
+        pending, not due, leased by another worker, or waiting behind an earlier delivery of its
+        ordering key: two copies of one message never send twice at once, and one key never has
+        two attempts in flight."""
         with self._raw_write() as cursor:
             # "now" once the write lock is held: read before waiting for it, a delivery that became
             # due meanwhile would look early.
             now = self.now()
             params = {"b_id": delivery_id, "b_now": now, "b_lease_until": now + lease_seconds}
+            if self._key_lock_sql is not None:  # SQLite: the write lock already serializes leases
+                cursor.execute(self._key_lock_sql.sql, self._key_lock_sql.args(params))
             cursor.execute(self._lease_sql.sql, self._lease_sql.args(params))
             row = cursor.fetchone()
             names = [column[0] for column in cursor.description]
@@ -313,7 +321,9 @@ class Store:
 
     def due(self, *, lost_after: float, limit: int = 1000) -> list[str]:
         """Pending deliveries that need a message now: due and never enqueued for this attempt, or
-        enqueued ``lost_after`` seconds ago and still not picked up (message lost, worker killed)."""
+        enqueued ``lost_after`` seconds ago and still not picked up (message lost, worker killed).
+        A delivery waiting behind an earlier one of its ordering key is not due until it is the
+        head."""
         now = self.now()
         c = deliveries.c
         query = (
@@ -328,11 +338,57 @@ class Store:
                     c.enqueued_at < now - lost_after,
                 ),
             )
+            .where(_IS_HEAD)
             .order_by(c.next_attempt_at)
             .limit(limit)
         )
         with self._reader.connect() as conn:
-            return list(conn.execute(query).scalars())
+            return list(conn.execute(query, {"b_now": now}).scalars())
+
+    # -- per-key order ---------------------------------------------------------------------------
+
+    def ready(self, ids: Sequence[str]) -> list[str]:
+        """The deliveries of ``ids`` that need not wait for their ordering key: unordered ones, and
+        heads (no earlier delivery of the key pending, none being attempted)."""
+        if not ids:
+            return []
+        query = sa.select(deliveries.c.id).where(deliveries.c.id.in_(list(ids)), _IS_HEAD)
+        with self._reader.connect() as conn:
+            ready = set(conn.execute(query, {"b_now": self.now()}).scalars())
+        return [i for i in ids if i in ready]
+
+    def next_heads(self, record: DeliveryRecord) -> list[str]:
+        """After an attempt of ``record`` (committed): the pending, due, unleased head of its
+        ordering key, if any (none when ``record`` is unordered or itself still the head)."""
+        if record.order_key is None:
+            return []
+        now = self.now()
+        c = deliveries.c
+        query = sa.select(c.id).where(
+            c.order_key == record.order_key,
+            c.tenant == record.tenant,
+            c.destination == record.destination,
+            c.status == PENDING,
+            c.id != record.id,
+            c.next_attempt_at <= now,
+            sa.or_(c.lease_until.is_(None), c.lease_until < now),
+            _IS_HEAD,
+        )
+        with self._reader.connect() as conn:
+            return list(conn.execute(query, {"b_now": now}).scalars())
+
+    def park(self, delivery_id: str) -> bool:
+        """Forget the message of an ordered delivery that must wait behind an earlier one of its
+        key (``enqueued_at`` NULL), so that it is enqueued again, by the head's finish or by the
+        sweep, once it is the head. ``False`` (nothing changed) when it is not waiting."""
+        c = deliveries.c
+        statement = (
+            deliveries.update()
+            .where(c.id == delivery_id, c.status == PENDING, c.order_key.is_not(None), ~_IS_HEAD)
+            .values(enqueued_at=None)
+        )
+        with self._write() as conn:
+            return bool(conn.execute(statement, {"b_now": self.now()}).rowcount)
 
     # -- destinations ----------------------------------------------------------------------------
 
