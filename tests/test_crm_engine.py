@@ -296,7 +296,7 @@ def test_salesforce_invalid_field_is_dead_lettered_naming_the_field(
 def test_on_delivery_failed_hears_once_of_each_dead_letter(
     sf_engine: tuple[Engine, ScriptedPlugin, FakeClock], salesforce: FakeSalesforce
 ) -> None:
-    engine, plugin, clock = sf_engine
+    engine, plugin, _ = sf_engine
     salesforce.schema["Task"].discard("CXMind_QA_Score__c")
     salesforce.fail(400, "INVALID_FIELD", "No such column", fields=["Nope__c"])
     dead = [accept_one(engine, SF_EVENTS[kind]) for kind in ("call_create", "quality_score")]
