@@ -10,6 +10,7 @@ PLUGINS := plugins/generic_http plugins/salesforce plugins/zendesk
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS))
+	@echo "installing cxbridge and its plugins into $(VENV) (first run only, about a minute)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]' $(addprefix -e ,$(PLUGINS))

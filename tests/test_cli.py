@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -76,3 +78,53 @@ def test_enable_lifts_a_410_disable(sink_engine):
     assert engine.store.disabled_reason("acme", "hook") is None
     again = CliRunner().invoke(cli, ["enable", "-t", "acme", "-d", "hook"])
     assert "was not disabled" in again.stdout
+
+
+def test_deliveries_and_show_tell_what_happened(sink_engine):
+    engine, sink = sink_engine
+    sink.reply("/hook", Reply(503), Reply(422))
+    (delivery_id,) = engine.accept(make_event("call_summary")).delivery_ids
+    engine.process(delivery_id)
+    engine.store.reset_for_replay([delivery_id])  # due again now, as the retry would be later
+    engine.process(delivery_id)
+
+    listed = CliRunner().invoke(cli, ["deliveries", "--json"])
+    assert listed.exit_code == 0, listed.output
+    (row,) = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert row["id"] == delivery_id and row["status"] == "dead" and row["attempts"] == 2
+
+    table = CliRunner().invoke(cli, ["deliveries", "--status", "dead"])
+    assert delivery_id in table.stdout and "acme/hook" in table.stdout
+
+    events = CliRunner().invoke(cli, ["events", "--json"])
+    (event,) = [json.loads(line) for line in events.stdout.splitlines()]
+    assert event["type"] == "call_summary" and event["deliveries"] == {"dead": 1}
+
+    shown = CliRunner().invoke(cli, ["show", delivery_id])
+    assert shown.exit_code == 0, shown.output
+    assert "HTTP 503" in shown.stdout and "HTTP 422" in shown.stdout
+    assert "dead letter" in shown.stdout
+    detail = json.loads(CliRunner().invoke(cli, ["show", delivery_id, "--json"]).stdout)
+    assert [a["status_code"] for a in detail["attempts"]] == [503, 422]
+    assert detail["dead_letters"][0]["reason"].startswith("permanent:")
+
+
+def test_deliveries_follow_prints_each_change(sink_engine):
+    engine, sink = sink_engine
+    sink.reply("/hook", Reply(200))
+    (delivery_id,) = engine.accept(make_event("call_summary")).delivery_ids
+    timer = threading.Timer(0.3, engine.process, args=(delivery_id,))
+    timer.start()
+    result = CliRunner().invoke(cli, ["deliveries", "--follow", "--for", "2.5"])
+    timer.join()
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stdout.splitlines() if delivery_id in line]
+    assert "pending" in lines[0] and "delivered" in lines[-1]
+
+
+def test_show_unknown_delivery_is_one_line():
+    result = CliRunner().invoke(cli, ["show", "dlv_nope"])
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [
+        "no delivery 'dlv_nope'; `cxbridge deliveries` lists them"
+    ]

@@ -18,6 +18,8 @@ SECRET = "whsec_dxmwFQS0TgDPyR6kgzuQA5WQjwi5c8kQNYydh2B11qM="
 EXAMPLE_ENV = {
     "ACME_API_KEY": "demo-key",
     "ACME_WEBHOOK_URL": "http://127.0.0.1:9/hook",
+    "ACME_ESCALATION_URL": "http://127.0.0.1:9/escalations",
+    "ACME_TICKETS_URL": "http://127.0.0.1:9/tickets",
     "ACME_WEBHOOK_SECRET": SECRET,
 }
 EXAMPLES = Path(__file__).parent.parent / "examples"
@@ -197,7 +199,7 @@ def test_env_references_are_substituted_and_dollar_dollar_escapes(tmp_path, type
 
 def test_the_example_tenant_is_valid(types):
     tenants = load_config_dir(EXAMPLES / "tenants", types, EXAMPLE_ENV)
-    assert set(tenants["acme"].destinations) == {"qa-webhook", "escalations"}
+    assert set(tenants["acme"].destinations) == {"qa-webhook", "escalations", "tickets"}
     assert tenants["acme"].timezone == "Europe/Berlin"
 
 
@@ -274,3 +276,71 @@ def test_cli_render_reports_bad_input_with_exit_1(tmp_path, monkeypatch):
 
 def _event() -> dict:
     return json.loads((EXAMPLES / "events" / "quality_score.json").read_text())
+
+
+def test_an_unknown_key_suggests_the_nearest_and_hides_no_other_problem(tmp_path, types):
+    path = write(
+        tmp_path,
+        """
+        tenant: acme
+        destination: {}
+        destinations:
+          hook:
+            type: http
+            events: [call_summary]
+            url: https://example.com/hook
+            headerz: {X-A: b}
+            body: {summary: "{{ ai.sumary }}"}
+        """,
+    )
+    problems = problems_of(path, types)
+    assert any(
+        p.startswith(f"{path}:2:1: destination: unknown key — did you mean 'destinations'?")
+        for p in problems
+    ), problems
+    assert f"{path}:8:5: destinations.hook.headerz: unknown key — did you mean 'headers'?" in (
+        problems
+    )
+    # the body's template is still checked in the same run
+    assert any("ai.sumary" in p and "did you mean" in p for p in problems), problems
+
+
+def test_an_unsigned_http_destination_loads_with_a_positioned_warning(tmp_path, types):
+    path = write(
+        tmp_path,
+        """
+        tenant: acme
+        destinations:
+          hook:
+            type: http
+            events: [call_summary]
+            url: https://example.com/hook
+        """,
+    )
+    tenant = load_tenant(path, types, {})
+    assert "hook" in tenant.destinations
+    (warning,) = tenant.warnings
+    assert str(warning).startswith(f"{path}:3:3: destinations.hook: warning: no `secrets`")
+    result = CliRunner().invoke(cli, ["validate", str(path)])
+    assert result.exit_code == 0 and "warning: no `secrets`" in result.stderr
+
+
+def test_validate_names_the_subscribed_event_type_a_template_variable_is_missing_from(
+    tmp_path, types
+):
+    path = write(
+        tmp_path,
+        """
+        tenant: acme
+        destinations:
+          hook:
+            type: http
+            events: [call_summary, quality_score]
+            url: https://example.com/hook
+            body: {summary: "{{ ai.summary }}", score: "{{ qi.score | default: nil }}"}
+        """,
+    )
+    (problem,) = problems_of(path, types)
+    assert problem.startswith(
+        f"{path}:7:25: destinations.hook.body.summary: 'ai.summary' is not in quality_score events"
+    ), problem

@@ -25,10 +25,9 @@ from cxbridge.engine import Engine
 from cxbridge.plugins import PluginManager
 from cxbridge.replay import replay
 from cxbridge.store import DeliveryFilter
-from cxbridge_zendesk.client import set_session_factory as set_zendesk_session_factory
 from tests.engine_support import MakeEngine
 from tests.fakes.salesforce import FakeSalesforce
-from tests.fakes.zendesk import FakeZendesk, PlainHttpSession
+from tests.fakes.zendesk import FakeZendesk
 from tests.scripted_plugin import ScriptedPlugin
 from tests.test_salesforce import LIFECYCLE as SF_EVENTS
 from tests.test_zendesk import KINDS, QA_FIELD
@@ -69,18 +68,17 @@ def crm_engine(
 def salesforce() -> Iterator[FakeSalesforce]:
     with FakeSalesforce() as fake:
         fake.add_contact("Ada", "Lovelace", phone="(555) 010-9999")
-        cxbridge_salesforce.set_session_factory(fake.session)
         try:
             yield fake
         finally:
-            cxbridge_salesforce.set_session_factory(None)
+            cxbridge_salesforce.reset_clients()
 
 
 @pytest.fixture
 def sf_engine(
     make_engine: MakeEngine, tmp_path: Path, salesforce: FakeSalesforce
 ) -> tuple[Engine, ScriptedPlugin, FakeClock]:
-    tenant = tenant_yaml("crm", "salesforce", **SALESFORCE_OPTIONS)
+    tenant = tenant_yaml("crm", "salesforce", **salesforce.options(**SALESFORCE_OPTIONS))
     env = {
         "SF_CONSUMER_KEY": salesforce.consumer_key,
         "SF_CONSUMER_SECRET": salesforce.consumer_secret,
@@ -90,12 +88,8 @@ def sf_engine(
 
 @pytest.fixture
 def zendesk() -> Iterator[FakeZendesk]:
-    previous = set_zendesk_session_factory(PlainHttpSession)
-    try:
-        with FakeZendesk() as fake:
-            yield fake
-    finally:
-        set_zendesk_session_factory(previous)
+    with FakeZendesk() as fake:
+        yield fake
 
 
 @pytest.fixture
@@ -105,8 +99,7 @@ def zd_engine(
     tenant = tenant_yaml(
         "helpdesk",
         "zendesk",
-        subdomain="127",
-        domain=f"0.0.1:{zendesk.port}",
+        **zendesk.options(),
         email=zendesk.email,
         api_token="${ZENDESK_TOKEN}",
         custom_fields={"qa_score": QA_FIELD},
@@ -160,7 +153,7 @@ def deliver_each_twice(
             ids[kind] = accept_one(engine, events[kind])
         else:
             where = DeliveryFilter(status="delivered", ids=[ids[kind]])
-            assert replay(engine, where) == 1
+            assert replay(engine, where).replayed == 1
         outcome = attempt(engine, clock, ids[kind])
         assert outcome.ok, (kind, outcome)
     for kind, event in events.items():

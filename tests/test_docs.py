@@ -54,7 +54,9 @@ def test_the_guide_example_plugin_loads_renders_and_delivers(
         tenant_file = tmp_path / "acme.yaml"
         tenant_file.write_text(
             "tenant: acme\n"
-            + yaml_block.replace("https://crm.internal.example", sink.url("/")[:-1])
+            + yaml_block.replace("https://crm.internal.example", sink.url("/")[:-1]).replace(
+                "10.20.0.0/16", "127.0.0.0/8"
+            )
         )
         tenant = load_tenant(tenant_file, manager.destination_types, {"CRM_TOKEN": "t0k"})
         destination = tenant.destinations["notes"]

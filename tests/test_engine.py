@@ -244,7 +244,7 @@ def test_replay_resends_the_stored_payload_with_a_fresh_window(
     original = plugin.calls[0].payload
 
     assert engine.store.count_deliveries(DeliveryFilter(tenant="acme")) == 1
-    assert replay(engine, DeliveryFilter(tenant="acme", destination="crm")) == 1
+    assert replay(engine, DeliveryFilter(tenant="acme", destination="crm")).replayed == 1
     engine.process(delivery_id)
 
     record = engine.store.get_delivery(delivery_id)

@@ -360,6 +360,8 @@ def test_410_is_permanent_and_disables_the_destination(sink: HttpSink) -> None:
     outcome = send(destination(sink.url("/hook")))
     assert outcome.kind is PERMANENT and outcome.disable_destination
     assert outcome.status_code == 410
+    assert (outcome.error or "").startswith("HTTP 410 Gone from 127.0.0.1: ")
+    assert "`cxbridge enable`" in (outcome.error or "")
 
 
 @pytest.mark.parametrize("status", [301, 302, 307, 308])

@@ -3,6 +3,7 @@ plugins/*/README.md goes through ``load_tenant`` with the installed plugins, so 
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -60,3 +61,24 @@ def test_readme_examples_load_as_tenant_files(
         tenant = load_tenant(path, manager.destination_types, _env_for(block))
         assert tenant.destinations, f"example {number} of plugins/{plugin}/README.md"
         assert {d.type for d in tenant.destinations.values()} == {destination_type}
+
+
+@pytest.mark.parametrize(("score", "tags"), [(90, {"qa_pass"}), (97, {"qa_pass", "qa_gold"})])
+def test_zendesk_readme_quality_mapping_keeps_the_pass_review_tags(
+    score: int, tags: set[str], tmp_path: Path
+) -> None:
+    from tests.engine_support import make_event
+
+    text = (PLUGINS / "zendesk" / "README.md").read_text()
+    block = YAML_BLOCK.findall(text)[0]
+    manager = PluginManager()
+    manager.load_entrypoints()
+    path = tmp_path / "zendesk.yaml"
+    path.write_text(block)
+    tenant = load_tenant(path, manager.destination_types, _env_for(block))
+    payload = manager.hooks.transform(
+        make_event("quality_score", score=score), tenant.destinations["helpdesk"]
+    )
+    assert payload is not None
+    plan = json.loads(payload.body)
+    assert set(plan["add_tags"]) == tags, plan

@@ -1,6 +1,7 @@
 """The Salesforce plugin against a fake Salesforce org (tests/fakes/salesforce.py) over real HTTP.
 
-simple-salesforce itself runs; only its URLs are routed to 127.0.0.1 by the test session factory.
+simple-salesforce itself runs; destinations reach the fake through the plugin's endpoint override
+(``endpoint`` + ``allow_networks``), so every request passes cxbridge's outbound guard.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from cxbridge import Delivery, Destination, Event, Outcome, OutcomeKind, parse_e
 from cxbridge.plugins import PluginManager
 from cxbridge_salesforce.client import contact_search, escape_sosl
 from cxbridge_salesforce.options import SalesforceOptions
-from tests.fakes.salesforce import FakeSalesforce, RoutingSession
+from tests.fakes.salesforce import FakeSalesforce
 
 ALL_EVENTS = frozenset({"call_create", "call_outcome", "call_summary", "quality_score"})
 PHONE = "+1 (555) 010-9999"
@@ -78,15 +79,20 @@ LIFECYCLE = {kind: event(kind) for kind in ALL_EVENTS}
 # -- fixtures and helpers --------------------------------------------------------------------------
 
 
+# The endpoint override that points every destination of a test at its fake (set by ``fake``).
+LOCAL: dict[str, Any] = {}
+
+
 @pytest.fixture
 def fake() -> Iterator[FakeSalesforce]:
     with FakeSalesforce() as fake:
         fake.contact_id = fake.add_contact("Ada", "Lovelace", phone="(555) 010-9999")  # type: ignore[attr-defined]
-        plugin.set_session_factory(fake.session)
+        LOCAL.update(fake.options())
         try:
             yield fake
         finally:
-            plugin.set_session_factory(None)
+            LOCAL.clear()
+            plugin.reset_clients()
 
 
 def client_credentials(fake: FakeSalesforce, **more: Any) -> dict[str, Any]:
@@ -107,7 +113,7 @@ def destination(options: dict[str, Any], name: str = "sf") -> Destination:
         name=name,
         type="salesforce",
         events=ALL_EVENTS,
-        options=SalesforceOptions.model_validate(options),
+        options=SalesforceOptions.model_validate({**LOCAL, **options}),
     )
 
 
@@ -551,8 +557,8 @@ def test_a_timeout_is_retried(fake: FakeSalesforce) -> None:
 
 
 def test_a_connection_error_is_retried(fake: FakeSalesforce) -> None:
-    plugin.set_session_factory(lambda: RoutingSession("127.0.0.1:9"))
-    outcome = send(LIFECYCLE["call_create"], destination(client_credentials(fake)))
+    closed = client_credentials(fake, endpoint="http://127.0.0.1:9")
+    outcome = send(LIFECYCLE["call_create"], destination(closed))
     assert outcome.kind is OutcomeKind.RETRY
 
 

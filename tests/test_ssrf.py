@@ -1,5 +1,6 @@
-"""The SSRF guard of the HTTP plugin: internal addresses are refused before any connection is
-opened, allowed once allowlisted, and the connection goes to the address that was vetted."""
+"""The outbound (SSRF) guard, its rules and through the HTTP plugin: internal addresses are
+refused before any connection is opened, allowed once allowlisted, and the connection goes to the
+address that was vetted."""
 
 from __future__ import annotations
 
@@ -14,9 +15,17 @@ from typing import Any
 import pytest
 
 import cxbridge_http
-from cxbridge import Delivery, Destination, Outcome, OutcomeKind, parse_event
+from cxbridge import (
+    AddressRefused,
+    Delivery,
+    Destination,
+    NetworkPolicy,
+    Outcome,
+    OutcomeKind,
+    parse_event,
+)
+from cxbridge.outbound._policy import parse_inet_aton
 from cxbridge_http import HttpOptions
-from cxbridge_http.ssrf import NetworkPolicy, parse_inet_aton, refusal
 from tests.http_sink import HttpSink
 
 EVENT = parse_event(
@@ -74,6 +83,15 @@ def send(url: str, allow: list[str] | None = None, **options: Any) -> Outcome:
 # -- the rules -------------------------------------------------------------------------------------
 
 
+def refusal(address: str, allow: list[str] | None = None) -> str | None:
+    """Why the guard refuses ``address`` (a literal IP) under ``allow``, or ``None``."""
+    try:
+        NetworkPolicy.from_cidrs(allow or []).check(address, ipaddress.ip_address(address))
+    except AddressRefused as exc:
+        return str(exc)
+    return None
+
+
 @pytest.mark.parametrize(
     ("address", "rule"),
     [
@@ -94,6 +112,10 @@ def send(url: str, allow: list[str] | None = None, **options: Any) -> Outcome:
         ("::ffff:10.0.0.1", "RFC 1918"),
         ("::ffff:169.254.169.254", "metadata"),
         ("64:ff9b::a9fe:a9fe", "metadata"),
+        ("::127.0.0.1", "loopback"),
+        ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "Teredo"),
+        ("64:ff9b:1::1", "local-use NAT64"),
+        ("168.63.129.16", "metadata"),
         ("2002:7f00:1::1", "loopback"),
         ("0.0.0.0", "unspecified"),
         ("0.1.2.3", "0.0.0.0/8"),
@@ -110,7 +132,7 @@ def send(url: str, allow: list[str] | None = None, **options: Any) -> Outcome:
 def test_internal_addresses_are_refused_with_the_rule_named(address: str, rule: str) -> None:
     reason = refusal(address)
     assert reason is not None and rule in reason, reason
-    assert "add it to allow_networks to permit" in reason
+    assert "allow_networks" in reason or "cannot be allowed" in reason
 
 
 @pytest.mark.parametrize(
@@ -126,6 +148,81 @@ def test_allow_networks_permits_exactly_what_it_names() -> None:
     assert refusal("::ffff:127.0.0.1", ["127.0.0.0/8"]) is None  # the mapped IPv4 is checked
     assert refusal("::1", ["127.0.0.0/8"]) is not None
     assert refusal("fd00::5", ["fd00::/8"]) is None
+
+
+# -- addresses that carry IPv4 inside IPv6 are checked as the IPv4 host they reach ----------------
+
+EMBEDDED_INTERNAL = [
+    "::ffff:169.254.169.254",  # IPv4-mapped
+    "::ffff:127.0.0.1",
+    "::ffff:10.0.0.1",
+    "::169.254.169.254",  # IPv4-compatible (deprecated)
+    "::127.0.0.1",
+    "64:ff9b::a9fe:a9fe",  # NAT64 well-known prefix
+    "64:ff9b::7f00:1",
+    "64:ff9b::a00:1",
+    "64:ff9b:1::a9fe:a9fe",  # local-use NAT64: refused outright
+    "64:ff9b:1:ffff::1",
+    "2002:a9fe:a9fe::1",  # 6to4
+    "2002:7f00:1::1",
+    "2002:c0a8:101::1",
+    "2001:0:4136:e378:8000:63bf:3fff:fdd2",  # Teredo: refused outright
+    "::ffff:0:7f00:1",  # SIIT IPv4-translated
+    "::ffff:0:a9fe:a9fe",
+    "2600::5efe:7f00:1",  # ISATAP
+    "2600::200:5efe:a9fe:a9fe",
+]
+
+
+@pytest.mark.parametrize("address", EMBEDDED_INTERNAL)
+def test_every_embedded_ipv4_spelling_of_an_internal_host_is_refused_under_an_ipv6_catch_all(
+    address: str,
+) -> None:
+    assert refusal(address, ["::/0"]) is not None
+    assert refusal(address, ["::/0", "2000::/3", "64:ff9b::/32"]) is not None
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["64:ff9b::7f00:1", "::127.0.0.1", "2002:7f00:1::1", "64:ff9b::a9fe:a9fe", "::ffff:0:7f00:1"],
+)
+def test_a_relayed_form_of_loopback_is_not_loopback_under_an_ipv4_allow_rule(address: str) -> None:
+    # NAT64 and 6to4 reach 127.0.0.1 of a relay, off this host: 127.0.0.0/8 does not admit them
+    reason = refusal(address, ["127.0.0.0/8", "169.254.0.0/16"])
+    assert reason is not None and "relay" in reason and "cannot be allowed" in reason
+
+
+def test_a_mapped_address_is_its_ipv4_host_and_only_ipv4_rules_apply() -> None:
+    assert refusal("::ffff:127.0.0.1", ["::/0"]) is not None
+    assert refusal("::ffff:127.0.0.1", ["127.0.0.0/8"]) is None
+    assert refusal("::ffff:8.8.8.8", ["::/0"]) is None
+    # NAT64 of a public host, once its IPv6 prefix is allowed (it is reserved space by default)
+    assert refusal("64:ff9b::808:808", ["64:ff9b::/96"]) is None
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["169.254.169.254", "::ffff:169.254.169.254", "fd00:ec2::254", "100.100.100.200",
+     "168.63.129.16", "169.254.170.2"],
+)  # fmt: skip
+def test_metadata_needs_a_rule_naming_it_exactly(address: str) -> None:
+    target = ipaddress.ip_address(address)
+    if isinstance(target, ipaddress.IPv6Address) and target.ipv4_mapped is not None:
+        target = target.ipv4_mapped
+    catch_all = ["0.0.0.0/0", "::/0", "169.254.0.0/16", "100.64.0.0/10", "fd00::/8"]
+    reason = refusal(address, catch_all)
+    assert reason is not None and "metadata" in reason
+    assert f"{target}/{target.max_prefixlen}" in reason
+    assert refusal(address, [f"{target}/{target.max_prefixlen}"]) is None
+
+
+def test_the_metadata_address_is_refused_through_the_plugin_under_a_catch_all(
+    connections: ConnectionCounter,
+) -> None:
+    for url in ("http://169.254.169.254/latest/", "http://[::ffff:169.254.169.254]/"):
+        outcome = send(url, allow=["0.0.0.0/0", "::/0"])
+        assert outcome.kind is OutcomeKind.PERMANENT and "metadata" in (outcome.error or "")
+    assert connections.targets == []
 
 
 @pytest.mark.parametrize(

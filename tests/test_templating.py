@@ -19,6 +19,7 @@ from cxbridge.templating import (
     VariableRef,
     check_variables,
 )
+from tests.engine_support import make_event
 
 EXAMPLE = {
     "qa_status": "{% if qi.score > 85 %}Pass{% else %}Review{% endif %}",
@@ -402,11 +403,37 @@ def test_check_variables_accepts_envelope_tenant_destination_lists_and_sizes() -
     assert check_variables(TextTemplate(source), ["quality_score"]) == []
 
 
-def test_check_variables_accepts_a_path_present_in_any_of_the_event_types() -> None:
+def test_check_variables_names_the_event_type_that_lacks_an_unguarded_variable() -> None:
     template = JsonTemplate({"s": "{{ ai.summary }}", "q": "{{ qi.score }}"})
-    assert check_variables(template, ["call_summary", "quality_score"]) == []
+    errors = check_variables(template, ["call_summary", "quality_score"])
+    assert [(e.path, str(e).split(" events")[0]) for e in errors] == [
+        (("s",), "'ai.summary' is not in quality_score"),
+        (("q",), "'qi.score' is not in call_summary"),
+    ]
     errors = check_variables(template, ["quality_score"])
     assert [e.path for e in errors] == [("s",)]
+
+
+def test_a_default_after_another_filter_does_not_guard() -> None:
+    (error,) = check_variables(
+        TextTemplate("{{ ai.summary | upcase | default: '' }}"), ["call_summary", "quality_score"]
+    )
+    assert "not in quality_score events" in str(error)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ ai.summary | default: '' }}",
+        "{{ ai.summary | default: '' | upcase }}",
+        "{% if ai.summary %}{{ ai.summary }}{% endif %}",
+        "{% unless qi %}{{ ai.summary }}{% endunless %}",
+        "{% case event.type %}{% when 'call_summary' %}{{ ai.summary }}{% endcase %}",
+    ],
+)
+def test_a_guarded_variable_may_be_missing_from_some_event_types(source: str) -> None:
+    assert check_variables(TextTemplate(source), ["call_summary", "quality_score"]) == []
+    TextTemplate(source).render(make_event("quality_score").template_context())  # no error
 
 
 def test_check_variables_on_a_condition() -> None:
@@ -452,11 +479,13 @@ def test_check_variables_accepts_declared_loop_variable_fields_and_forloop() -> 
 
 def test_check_variables_resolves_nested_loops_to_their_own_items() -> None:
     source = (
+        "{% if qi and ai %}"  # each event type lacks one of them: guarded
         "{% for r in qi.rubric %}{% for i in ai.intents %}"
         "{{ r.score }} {{ i.name }} {{ i.scor }}"
         "{% for c in r.criterion %}{{ c.size }} {{ c.name }}{% endfor %}"
         "{% for r in ai.intents %}{{ r.confidence }}{% endfor %}"
         "{% endfor %}{{ r.nam }}{% endfor %}"
+        "{% endif %}"
     )
     errors = check_variables(TextTemplate(source), ["call_outcome", "quality_score"])
     assert [e.message.split(" (")[0] for e in errors] == [

@@ -30,19 +30,11 @@ from cxbridge import (
 from cxbridge.config import load_tenant
 from cxbridge.plugins import PluginManager
 from cxbridge_zendesk import ZendeskOptions
-from cxbridge_zendesk.client import set_session_factory
-from tests.fakes.zendesk import FakeZendesk, PlainHttpSession
+from tests.fakes.zendesk import FakeZendesk
 from tests.http_sink import closed_port
 
 ALL_EVENTS = frozenset({"call_create", "call_outcome", "call_summary", "quality_score"})
 QA_FIELD = 360001234
-
-
-@pytest.fixture(autouse=True)
-def plain_http() -> Iterator[None]:
-    previous = set_session_factory(PlainHttpSession)
-    yield
-    set_session_factory(previous)
 
 
 @pytest.fixture
@@ -54,8 +46,7 @@ def fake() -> Iterator[FakeZendesk]:
 def options_for(fake: FakeZendesk, **extra: Any) -> ZendeskOptions:
     return ZendeskOptions.model_validate(
         {
-            "subdomain": "127",
-            "domain": f"0.0.1:{fake.port}",
+            **fake.options(),
             "email": fake.email,
             "api_token": fake.token,
             "custom_fields": {"qa_score": QA_FIELD},
@@ -384,7 +375,7 @@ def test_5xx_json_or_html_is_a_retry(
 
 
 def test_connection_refused_is_a_retry(fake: FakeZendesk) -> None:
-    dest = destination(fake, domain=f"0.0.1:{closed_port()}")
+    dest = destination(fake, endpoint=f"http://127.0.0.1:{closed_port()}")
     outcome = send(make_event("call_create"), dest)
     assert outcome.kind is OutcomeKind.RETRY
     assert "could not connect" in (outcome.error or "")
@@ -446,7 +437,7 @@ def test_wrong_credentials_are_permanent_and_never_logged(fake: FakeZendesk) -> 
 
 
 def test_oauth_tokens_authenticate_too(fake: FakeZendesk) -> None:
-    options = {"subdomain": "127", "domain": f"0.0.1:{fake.port}", "oauth_token": fake.oauth_token}
+    options = fake.options(oauth_token=fake.oauth_token)
     dest = Destination("acme", "zd", "zendesk", ALL_EVENTS, ZendeskOptions.model_validate(options))
     assert send(make_event("call_create"), dest).ok
 
@@ -595,8 +586,9 @@ def test_a_tenant_file_configures_the_destination(fake: FakeZendesk, tmp_path: P
               zendesk:
                 type: zendesk
                 events: [call_create, call_outcome, call_summary, quality_score]
-                subdomain: "127"
-                domain: "0.0.1:{fake.port}"
+                subdomain: acme
+                endpoint: {fake.url}
+                allow_networks: [127.0.0.0/8]
                 email: {fake.email}
                 api_token: ${{ACME_ZENDESK_TOKEN}}
                 custom_fields: {{qa_score: {QA_FIELD}}}

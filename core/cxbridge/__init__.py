@@ -3,14 +3,20 @@
 The public API is what this module exports; everything else may change between releases.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from cxbridge.destinations import Destination, DestinationType
 from cxbridge.errors import (
+    AddressRefused,
     ConfigError,
     ConfigProblem,
+    ConfigWarning,
     CxbridgeError,
     DeliveryError,
     EventValidationError,
     PluginError,
+    RedirectRefused,
+    ResolutionFailed,
     SignatureError,
     TemplateError,
     TemplateRenderError,
@@ -26,9 +32,13 @@ from cxbridge.events import (
     parse_event,
 )
 from cxbridge.hookspecs import hookimpl
+from cxbridge.outbound import AllowNetworks, GuardedTransport, NetworkPolicy, guard_outcome
 from cxbridge.outcome import Delivery, Outcome, OutcomeKind, Payload
 from cxbridge.retry import RetryPolicy, outcome_for_status, parse_retry_after
 from cxbridge.templating import Condition, JsonTemplate, TextTemplate
+
+if TYPE_CHECKING:
+    from cxbridge.outbound import GuardedSession
 
 __version__ = "0.1.0"
 
@@ -56,16 +66,34 @@ __all__ = [  # noqa: RUF022 - grouped by purpose, like dramatiq's
     "TextTemplate",
     "outcome_for_status",
     "parse_retry_after",
+    # the outbound guard, for every connection a plugin opens
+    "AllowNetworks",
+    "GuardedSession",
+    "GuardedTransport",
+    "NetworkPolicy",
+    "guard_outcome",
     # errors
+    "AddressRefused",
     "ConfigError",
     "ConfigProblem",
+    "ConfigWarning",
     "CxbridgeError",
     "DeliveryError",
     "EventValidationError",
     "PluginError",
+    "RedirectRefused",
+    "ResolutionFailed",
     "SignatureError",
     "TemplateError",
     "TemplateRenderError",
     "TemplateSyntaxError",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "GuardedSession":  # imports requests on first use (the cxbridge[requests] extra)
+        from cxbridge.outbound import GuardedSession
+
+        return GuardedSession
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

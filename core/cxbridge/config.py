@@ -24,6 +24,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import os
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +85,9 @@ class TenantConfig:
     timezone: str = "UTC"
     api_key_hashes: frozenset[str] = frozenset()
     destinations: dict[str, Destination] = field(default_factory=dict)
+    #: What loads but is probably a mistake (e.g. unsigned webhooks): plugins say so with
+    #: ``warnings.warn`` while their options are validated.
+    warnings: tuple[ConfigProblem, ...] = ()
 
     def destinations_for(self, event_type: str) -> list[Destination]:
         return [d for d in self.destinations.values() if d.accepts(event_type)]
@@ -139,6 +143,7 @@ class _Loader:
         self.types = types
         self.env = env
         self.problems: list[ConfigProblem] = []
+        self.warnings: list[ConfigProblem] = []
         self.doc = Located(None)
 
     def problem(self, where: tuple[str | int, ...], message: str, *, key: bool = False) -> None:
@@ -185,6 +190,7 @@ class _Loader:
                 for key in tenant.api_keys
             ),
             destinations=destinations,
+            warnings=tuple(self.warnings),
         )
 
     def _check_timezone(self, name: str) -> str:
@@ -195,7 +201,25 @@ class _Loader:
             return "UTC"
         return name
 
-    def _validate(self, model: type[_M], data: Any, where: tuple[str | int, ...]) -> _M | None:
+    def _validate(
+        self,
+        model: type[_M],
+        data: Any,
+        where: tuple[str | int, ...],
+        also_known: tuple[str, ...] = (),
+    ) -> _M | None:
+        """Validate ``data`` against ``model``, reporting every problem. Unknown keys are reported
+        with the nearest known one (``also_known``: keys a sibling model takes) and left out, so
+        that the rest — a template's errors, say — is still checked in the same run."""
+        if model.model_config.get("extra") == "forbid" and isinstance(data, dict):
+            known = [*_keys(model), *also_known]
+            unknown = [key for key in data if key not in known]
+            for key in unknown:
+                hint = difflib.get_close_matches(str(key), known, n=1)
+                suggestion = f" — did you mean {hint[0]!r}?" if hint else ""
+                name = ".".join(str(p) for p in (*where, key))
+                self.problem((*where, key), f"{name}: unknown key{suggestion}", key=True)
+            data = {key: value for key, value in data.items() if key not in unknown}
         try:
             return model.model_validate(data)
         except ValidationError as exc:
@@ -253,7 +277,13 @@ class _Loader:
         if dtype is None:
             return None
         options_data = {k: v for k, v in raw.items() if k not in CORE_DESTINATION_KEYS}
-        options = self._validate(dtype.options, options_data, where)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            options = self._validate(dtype.options, options_data, where, CORE_DESTINATION_KEYS)
+        for warning in caught:
+            pos = self.doc.position(where, key=True)
+            message = f"destinations.{name}: warning: {warning.message}"
+            self.warnings.append(ConfigProblem(str(self.path), pos.line, pos.column, message))
         if options is not None:
             for path, template in _templates(options):
                 self._check_template(template, events, (*where, *path))
@@ -317,6 +347,9 @@ class _Loader:
         events: set[str],
         where: tuple[str | int, ...],
     ) -> None:
+        # A template under a per-event-type key (``mappings: {call_summary: ...}``) renders only
+        # for that type.
+        events = {key for key in where if key in events} or events
         for error in check_variables(template, events):
             self._template_problem(where, error.path, error.line, error.column, error.message)
 
@@ -335,6 +368,14 @@ class _Loader:
         self.problems.append(
             ConfigProblem(str(self.path), pos.line, pos.column, f"{field_name}: {message}")
         )
+
+
+def _keys(model: type[BaseModel]) -> list[str]:
+    """The keys a model takes in a file: each field's alias where it has one, else its name."""
+    return [
+        info.validation_alias if isinstance(info.validation_alias, str) else info.alias or name
+        for name, info in model.model_fields.items()
+    ]
 
 
 def _templates(

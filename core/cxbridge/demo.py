@@ -1,61 +1,99 @@
 """``cxbridge demo``: the main job end to end on the embedded default, with nothing to set up.
 
-It starts a webhook receiver on 127.0.0.1 that verifies every signature, points the example tenant at it,
-runs the engine in this process on SQLite (store and broker), sends sample events of all four types
-through it, and prints what the receiver got.
+A webhook receiver on 127.0.0.1 plays three endpoints of the example tenant (examples/tenants): a healthy
+BI endpoint, a flaky escalation service that answers 503 twice before it recovers, and a ticketing endpoint
+that rejects everything (422) until the demo "fixes" it. The engine runs in this process on SQLite (store
+and broker, the default ``var/`` files, kept afterwards), sample calls go through it, and a live table shows
+deliveries, retries and dead letters; then the ticketing endpoint is healed and its dead letters are
+replayed. At the end, ``cxbridge deliveries`` shows the same story from the store.
 """
 
 from __future__ import annotations
 
-import json
+import collections
 import os
-import tempfile
 import threading
 import time
 import uuid
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+from rich.live import Live
+from rich.table import Table
 
-from cxbridge.errors import ConfigError, SignatureError
+from cxbridge import console
+from cxbridge.errors import SignatureError
 from cxbridge.events import parse_event
+from cxbridge.outcome import OutcomeKind
 from cxbridge.settings import Settings
 from cxbridge.signing import generate_secret, verify
+from cxbridge.store import DEAD, DELIVERED, PENDING, DeliveryFilter
+
+if TYPE_CHECKING:
+    from cxbridge.engine import Engine
 
 __all__ = ["DemoReceiver", "run_demo", "sample_events"]
 
+#: The endpoints the receiver plays, by path: what each answers.
+HEALTHY, FLAKY, REJECTING = "/bi", "/escalations", "/tickets"
+FLAKY_FAILURES = 2  # 503s per delivery before the flaky endpoint recovers
+
 
 class DemoReceiver:
-    """A webhook receiver on 127.0.0.1 that verifies signatures and keeps what it received."""
+    """Webhook endpoints on 127.0.0.1 that verify every signature and remember every request."""
 
     def __init__(self, secret: str) -> None:
         self.secret = secret
         self.received: list[dict[str, Any]] = []
+        self.rejecting = True
+        self._tries: collections.Counter[str] = collections.Counter()
+        self._lock = threading.Lock()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                try:
-                    verify(body, dict(self.headers.items()), receiver.secret)
-                    verified = True
-                except SignatureError:
-                    verified = False
-                receiver.received.append(
-                    {"headers": dict(self.headers.items()), "body": body, "verified": verified}
-                )
-                self.send_response(204 if verified else 401)
+                status = receiver.answer(self.path, body, dict(self.headers.items()))
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
                 self.end_headers()
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/cxmind"
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def answer(self, path: str, body: bytes, headers: dict[str, str]) -> int:
+        try:
+            verify(body, headers, self.secret)
+            verified = True
+        except SignatureError:
+            verified = False
+        with self._lock:
+            key = f"{path} {headers.get('webhook-id')}"
+            self._tries[key] += 1
+            if not verified:
+                status = 401
+            elif path == FLAKY and self._tries[key] <= FLAKY_FAILURES:
+                status = 503
+            elif path == REJECTING and self.rejecting:
+                status = 422
+            else:
+                status = 204
+            self.received.append(
+                {
+                    "path": path,
+                    "headers": headers,
+                    "body": body,
+                    "verified": verified,
+                    "status": status,
+                }
+            )
+        return status
 
     def __enter__(self) -> DemoReceiver:
         self.thread.start()
@@ -104,55 +142,112 @@ def sample_events(count: int, tenant: str = "acme") -> list[dict[str, Any]]:
     return events
 
 
-def run_demo(settings: Settings, *, events: int = 8, timeout: float = 30.0) -> int:
+def run_demo(settings: Settings, *, events: int = 8, timeout: float = 45.0) -> int:
     """Run the demo; returns the process exit code (0 when every delivery arrived verified)."""
     from cxbridge.engine import Engine
 
     secret = generate_secret()
-    with DemoReceiver(secret) as receiver, tempfile.TemporaryDirectory() as workdir:
+    with DemoReceiver(secret) as receiver:
         os.environ.setdefault("ACME_API_KEY", "demo-key")
-        os.environ["ACME_WEBHOOK_URL"] = receiver.url
         os.environ["ACME_WEBHOOK_SECRET"] = secret
-        settings = settings.model_copy(
-            update={
-                "database_url": f"sqlite:///{Path(workdir) / 'store.db'}",
-                "broker_url": f"sqlite:///{Path(workdir) / 'broker.db'}",
-            }
+        os.environ["ACME_WEBHOOK_URL"] = receiver.base + HEALTHY
+        os.environ["ACME_ESCALATION_URL"] = receiver.base + FLAKY
+        os.environ["ACME_TICKETS_URL"] = receiver.base + REJECTING
+        engine = Engine(settings)
+        click.echo(f"store {settings.database_url}, broker {settings.broker_url} (kept afterwards)")
+        click.echo(
+            f"receiver {receiver.base}: {HEALTHY} healthy, {FLAKY} fails {FLAKY_FAILURES}x "
+            f"then recovers, {REJECTING} rejects (422) until fixed"
         )
+        engine.start(threads=4, interval=0.2)
         try:
-            engine = Engine(settings)
-        except ConfigError as exc:
-            click.echo(str(exc), err=True)
-            return 1
-        click.echo(f"receiver: {receiver.url}")
-        click.echo(f"tenants: {', '.join(engine.tenants)}; store and broker: SQLite in {workdir}")
-        engine.start(threads=4)
-        try:
-            expected = 0
-            for raw in sample_events(events):
-                accepted = engine.accept(parse_event(raw))
-                expected += len(accepted.delivery_ids)
-                click.echo(
-                    f"  accepted {raw['type']:<14} -> {len(accepted.delivery_ids)} delivery(s)"
-                )
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                counts = engine.store.status_counts()
-                if counts.get("pending", 0) == 0:
-                    break
-                time.sleep(0.05)
+            ids = _send(engine, sample_events(events))
+            _watch(engine, ids, timeout, "delivering (retries and dead letters show up here)")
+            dead = [i for i in ids if _status(engine, i) == DEAD]
+            if dead:
+                receiver.rejecting = False
+                click.echo(f"\n{REJECTING} is fixed now: replaying its {len(dead)} dead letter(s)")
+                from cxbridge.replay import replay
+
+                replay(engine, DeliveryFilter(ids=dead, status=DEAD))
+                _watch(engine, ids, timeout, "replaying")
         finally:
             engine.close()
-        counts = engine.store.status_counts()
-        click.echo(f"deliveries: {json.dumps(counts, sort_keys=True)}")
-        for item in receiver.received:
-            headers = {k.lower(): v for k, v in item["headers"].items()}
-            mark = "verified" if item["verified"] else "BAD SIGNATURE"
-            click.echo(
-                f"  {headers.get('x-cxmind-event', '?'):<14} {mark}  {item['body'].decode()}"
-            )
-        ok = counts.get("delivered", 0) == expected and all(
-            i["verified"] for i in receiver.received
-        )
-        click.echo("demo ok" if ok else "demo FAILED: not every delivery arrived verified")
-        return 0 if ok else 1
+        records = engine.store.list_deliveries(DeliveryFilter(ids=ids, status=None))
+    click.echo("\nWhat the store says (`.venv/bin/cxbridge deliveries` shows the same):")
+    console.console().print(console.deliveries_table(records))
+    bad = [r for r in receiver.received if not r["verified"]]
+    retried = sum(1 for r in receiver.received if r["status"] >= 500)
+    delivered = sum(1 for r in records if r.status == DELIVERED)
+    click.echo(
+        f"\n{delivered}/{len(records)} delivered, {retried} retried 503(s), "
+        f"{len(bad)} bad signature(s) out of {len(receiver.received)} request(s)"
+    )
+    if dead:
+        click.echo(f"see one delivery's every attempt: .venv/bin/cxbridge show {dead[0]}")
+    ok = delivered == len(records) and not bad
+    click.echo("demo ok" if ok else "demo FAILED: not every delivery arrived verified")
+    return 0 if ok else 1
+
+
+def _send(engine: Engine, raw_events: list[dict[str, Any]]) -> list[str]:
+    ids: list[str] = []
+    for raw in raw_events:
+        accepted = engine.accept(parse_event(raw))
+        names = [engine.store.get_delivery(i) for i in accepted.delivery_ids]
+        where = ", ".join(r.destination for r in names if r is not None)
+        click.echo(f"  {raw['type']:<14} -> {where or 'no destination of acme subscribes to it'}")
+        ids += accepted.delivery_ids
+    return ids
+
+
+def _status(engine: Engine, delivery_id: str) -> str | None:
+    record = engine.store.get_delivery(delivery_id)
+    return record.status if record else None
+
+
+def _watch(engine: Engine, ids: list[str], timeout: float, title: str) -> None:
+    """A live table of the deliveries by destination until none is pending (or ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    out = console.console()
+    told: set[int] = set()
+    with Live(console=out, auto_refresh=False) as live:
+        while True:
+            records = engine.store.list_deliveries(DeliveryFilter(ids=ids, status=None))
+            for record in records:
+                for attempt in engine.store.attempts_of(record.id):
+                    if attempt["outcome"] != OutcomeKind.DELIVERED and attempt["id"] not in told:
+                        told.add(attempt["id"])
+                        out.print(_failed_attempt(record, attempt))
+            live.update(_table(records, title), refresh=True)
+            if all(r.status != PENDING for r in records) or time.monotonic() > deadline:
+                return
+            time.sleep(0.25)
+
+
+def _failed_attempt(record: Any, attempt: dict[str, Any]) -> str:
+    if record.status == DEAD:
+        then = "dead letter"
+    elif record.status == PENDING and record.next_attempt_at is not None:
+        wait = (record.next_attempt_at - datetime.now(UTC)).total_seconds()
+        then = f"retry in {max(wait, 0):.1f} s"
+    else:
+        then = "retried"  # already attempted again by the time the table looked
+    return (
+        f"  {record.destination:<12} {record.event_type:<13} attempt {attempt['number']}: "
+        f"{attempt['error']} -> {then}"
+    )
+
+
+def _table(records: list[Any], title: str) -> Table:
+    by_destination: dict[str, collections.Counter[str]] = collections.defaultdict(
+        collections.Counter
+    )
+    for r in records:
+        counts = by_destination[r.destination]
+        counts[r.status] += 1
+        counts["attempts"] += r.attempts
+    table = Table("destination", "delivered", "pending", "dead", "attempts", title=title)
+    for name, counts in sorted(by_destination.items()):
+        table.add_row(name, *(str(counts[key]) for key in (DELIVERED, PENDING, DEAD, "attempts")))
+    return table

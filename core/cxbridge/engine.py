@@ -7,7 +7,8 @@ loses nothing and sends nothing twice at once (a delivery is leased while an att
 The retry decision is ours, not Dramatiq's ``Retries`` middleware (which cannot stop "24 hours after the
 first attempt"): each failed attempt stores ``next_attempt_at``; short waits are handed to the broker as a
 delay, long ones wait in the store until the scheduler enqueues them. The scheduler also re-enqueues
-deliveries whose message was lost or whose worker died.
+deliveries whose message was lost or whose worker died, and calls the ``on_delivery_failed`` hooks that
+a dying process left undone (:mod:`cxbridge.outbox`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from cxbridge.clock import Clock, SystemClock
 from cxbridge.config import TenantConfig, load_config_dir
 from cxbridge.destinations import Destination
 from cxbridge.events import Event
+from cxbridge.outbox import CLAIM_SECONDS, DeadLetterOutbox
 from cxbridge.outcome import Delivery, Outcome, OutcomeKind
 from cxbridge.plugins import PluginManager, load_plugins
 from cxbridge.routing import Accepted, Router
@@ -51,6 +53,8 @@ class Engine:
     :param lost_after: a delivery enqueued this long ago and still not attempted is enqueued again.
     :param short_delay: waits up to this many seconds go to the broker as a delay; longer ones wait in
         the store for the scheduler.
+    :param hook_claim_seconds: ``on_delivery_failed`` hooks left undone this long after their dead
+        letter (the process died) are called by the scheduler (see :mod:`cxbridge.outbox`).
     """
 
     def __init__(
@@ -66,6 +70,7 @@ class Engine:
         lost_after: float | None = None,
         short_delay: float | None = None,
         queue_name: str | None = None,
+        hook_claim_seconds: float = CLAIM_SECONDS,
     ) -> None:
         self.settings = settings or Settings()
         self.clock = clock or SystemClock()
@@ -83,7 +88,12 @@ class Engine:
         self.lost_after = self.settings.lost_after if lost_after is None else lost_after
         self.short_delay = self.settings.short_delay if short_delay is None else short_delay
         self.queue_name = self.settings.queue_name if queue_name is None else queue_name
-        self.router = Router(self.store, self.hooks, self.tenants, self.enqueue)
+        self.outbox = DeadLetterOutbox(
+            self.store, self.hooks, self._destination_of, claim_seconds=hook_claim_seconds
+        )
+        self.router = Router(
+            self.store, self.hooks, self.tenants, self.enqueue, self.outbox.dispatch
+        )
         # max_retries=0: the retry decision is ours (see the module docstring), not Dramatiq's.
         self.actor: dramatiq.Actor[[str], None] = dramatiq.Actor(
             self._deliver_message,
@@ -122,9 +132,9 @@ class Engine:
         record, disabled = leased
         destination = self._destination_of(record)
         if destination is None:
-            return self._kill(record, None, "destination no longer configured")
+            return self._kill(record, "destination no longer configured")
         if disabled is not None:
-            return self._kill(record, destination, f"destination disabled: {disabled}")
+            return self._kill(record, f"destination disabled: {disabled}")
 
         started = self.clock.now()
         first_attempt_at = record.first_attempt_at or started
@@ -169,7 +179,7 @@ class Engine:
             self._send_in(record.id, (next_at - now).total_seconds())
         self._enqueue_next_head(record)
         if dead_reason is not None:
-            self.hooks.on_delivery_failed(delivery, destination, dead_reason)
+            self.outbox.dispatch([record.id])
         return outcome
 
     def _resend_if_early(self, delivery_id: str) -> None:
@@ -218,26 +228,10 @@ class Engine:
         tenant = self.tenants.get(record.tenant)
         return tenant.destinations.get(record.destination) if tenant else None
 
-    def _kill(
-        self, record: DeliveryRecord, destination: Destination | None, reason: str
-    ) -> Outcome:
+    def _kill(self, record: DeliveryRecord, reason: str) -> Outcome:
         self.store.kill(record, reason)
         self._enqueue_next_head(record)
-        if destination is None:
-            destination = Destination(
-                record.tenant, record.destination, "unknown", frozenset(), options=None
-            )
-        delivery = Delivery(
-            record.id,
-            record.tenant,
-            record.destination,
-            record.event_id,
-            record.event_type,
-            record.attempts,
-            record.payload,
-            record.first_attempt_at,
-        )
-        self.hooks.on_delivery_failed(delivery, destination, reason)
+        self.outbox.dispatch([record.id])
         return Outcome.permanent(reason)
 
     # -- scheduling ------------------------------------------------------------------------------
@@ -258,6 +252,7 @@ class Engine:
         while not self._stop.wait(interval):
             try:
                 self.sweep()
+                self.outbox.dispatch_left_over()
                 if time.monotonic() - last_purge > 3600:
                     last_purge = time.monotonic()
                     self.purge()

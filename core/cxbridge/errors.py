@@ -9,12 +9,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = [
+    "AddressRefused",
     "ConfigError",
     "ConfigProblem",
     "CxbridgeError",
     "DeliveryError",
     "EventValidationError",
     "PluginError",
+    "RedirectRefused",
+    "ResolutionFailed",
     "SignatureError",
     "TemplateError",
     "TemplateRenderError",
@@ -72,6 +75,12 @@ class ConfigProblem:
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}:{self.column}: {self.message}"
+
+
+class ConfigWarning(UserWarning):
+    """Something in a tenant file that loads but is probably a mistake. A plugin's options model
+    warns with it (``warnings.warn(..., ConfigWarning)``) while it validates; ``cxbridge validate``
+    prints each one with its file, line and column, and the file still loads."""
 
 
 class ConfigError(CxbridgeError):
@@ -136,3 +145,45 @@ class DeliveryError(CxbridgeError):
 
 class SignatureError(CxbridgeError):
     """A webhook signature is missing, malformed, stale or does not match."""
+
+
+class AddressRefused(CxbridgeError):
+    """The outbound guard refused every address of a host; ``rule`` says why. Permanent: the
+    same address is refused on every attempt until ``allow_networks`` changes."""
+
+    def __init__(
+        self,
+        host: str,
+        address: str,
+        rule: str,
+        *,
+        hint: str = "add it to allow_networks to permit",
+        **context: str | None,
+    ) -> None:
+        self.host = host
+        self.address = address
+        self.rule = rule
+        named = address if host in (address, f"[{address}]") else f"{host} -> {address}"
+        super().__init__(f"refused: {named} is {rule}; {hint}", **context)
+
+
+class ResolutionFailed(CxbridgeError):
+    """A host name did not resolve (NXDOMAIN, no network, resolver failure). Worth retrying."""
+
+    def __init__(self, host: str, reason: str, **context: str | None) -> None:
+        self.host = host
+        super().__init__(f"DNS lookup failed for {host!r}: {reason}", **context)
+
+
+class RedirectRefused(CxbridgeError):
+    """A server answered with a redirect. Redirects are never followed (the target would escape
+    the guard's checks and receive credentials): a permanent failure naming the ``Location``."""
+
+    def __init__(self, status_code: int, location: str | None, **context: str | None) -> None:
+        self.status_code = status_code
+        self.location = location
+        super().__init__(
+            f"HTTP {status_code} redirect to {location or '(no Location)'}; redirects are not "
+            "followed: configure the final address",
+            **context,
+        )

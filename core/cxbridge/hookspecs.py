@@ -16,6 +16,12 @@ deprecation warning for a minor release and removed only in the next major relea
 How failures are handled differs per hook and is stated in each docstring: an exception in an observing hook
 (``on_event``, ``on_delivery_failed``, ``shutdown``) is logged with the plugin's name and the other implementations still
 run; an exception in ``transform`` or ``deliver`` is turned into an outcome for that one delivery.
+
+The observing hooks accept wrapper implementations (``@hookimpl(wrapper=True)``, and pluggy's older
+``hookwrapper=True``), run around the other implementations as pluggy runs them: a wrapper receives the
+list of the others' non-None results (old-style: a ``pluggy.Result``). Isolation still holds: an
+exception of an implementation is logged, not thrown into the wrappers, and a wrapper that raises is
+logged too, without stopping the others.
 """
 
 from __future__ import annotations
@@ -69,15 +75,19 @@ def register_destinations(register: Callable[..., None]) -> None:
 
 @hookspec
 def on_event(event: Event, tenant: str) -> None:
-    """Observe an event once, when it is first accepted and before it fans out to destinations.
+    """Observe an event once, when it is first accepted: after it and its deliveries are stored, before
+    the deliveries are enqueued.
 
     :param event: the validated event (one of the models in :mod:`cxbridge.events`); read-only.
     :param tenant: the tenant's name.
     :return: ignored.
 
     Use it for metrics, audit logs or side channels. Every implementation runs; one that raises is logged
-    with the plugin's name and does not stop the others or the delivery. A duplicate event (same tenant
-    and id) does not call it again.
+    with the plugin's name and does not stop the others or the delivery. Only the accept that stored the
+    event calls it: a duplicate (same tenant and id), even one accepted at the same moment by another
+    thread or process, does not. It is at most once: a process that dies between storing the event and
+    this call does not make it later. The scheduler may already be attempting a delivery of the event
+    while this runs.
 
     Example::
 
@@ -148,17 +158,21 @@ def deliver(delivery: Delivery, destination: Destination) -> Outcome | None:
 
 @hookspec
 def on_delivery_failed(delivery: Delivery, destination: Destination, reason: str) -> None:
-    """Observe a delivery that was dead-lettered.
+    """Observe a delivery that was dead-lettered. At least once per dead letter: de-duplicate on
+    ``delivery.id`` (with ``reason``) if a repeat matters.
 
-    :param delivery: the delivery, as of its last attempt.
+    :param delivery: the delivery as stored when the hook runs (normally: as of its last attempt).
     :param destination: the destination it was meant for.
     :param reason: why it was given up, e.g. ``"window expired: HTTP 503"``, ``"permanent: HTTP 400"``,
         ``"destination disabled"``, ``"template error: ..."``.
     :return: ignored.
 
-    Called exactly once per dead letter (a replay that fails again calls it again). Every implementation
-    runs; one that raises is logged with the plugin's name and does not stop the others. The dead letter is
-    already stored when this runs, so nothing is lost if a hook fails.
+    The dead letter is stored, in the same transaction as the dead status, before this runs; the process
+    that stored it calls the hooks right after the commit. If that process dies before the hooks finished,
+    the scheduler of any process calls them again about 30 seconds later, so a crash can repeat a call but
+    never lose one; a hook still running after 30 seconds may also be called again. A replay that fails
+    again is a new dead letter and calls it again. Every implementation runs; one that raises is logged
+    with the plugin's name, does not stop the others, and is not called again for that dead letter.
 
     Example::
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import logging
 import traceback
-from collections.abc import Iterable
+from collections.abc import Generator, Iterable
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any
+from typing import Any, cast
 
 import pluggy
+from pluggy import HookImpl
 from pydantic import BaseModel
 
 from cxbridge import hookspecs
@@ -185,13 +186,42 @@ class PluginManager:
 
 
 def _call_isolated(caller: pluggy.HookCaller, kwargs: dict[str, Any]) -> None:
-    """Run every implementation of an observing hook; a failing one is logged, the rest still run."""
-    for impl in reversed(caller.get_hookimpls()):
-        args = {name: kwargs[name] for name in impl.argnames}
+    """Run every implementation of an observing hook; a failing one is logged, the rest still run.
+
+    Wrappers (``wrapper=True``, and old-style ``hookwrapper=True``) run around the others in pluggy's
+    order and receive what pluggy would give them: the list of the other implementations' non-None
+    results (old-style: a ``pluggy.Result`` of it). Unlike pluggy, an exception is not passed on to
+    the wrappers: it is logged with the plugin's name, as is a wrapper's own.
+    """
+    results: list[object] = []
+    teardowns: list[tuple[HookImpl, Generator[object, object, object]]] = []
+    for impl in reversed(caller.get_hookimpls()):  # pluggy's order: outermost wrapper first
+        args = [kwargs[name] for name in impl.argnames]
         try:
-            impl.function(**args)
+            if impl.wrapper or impl.hookwrapper:
+                wrapper = cast(Generator[object, object, object], impl.function(*args))
+                next(wrapper)
+                teardowns.append((impl, wrapper))
+            else:
+                result = impl.function(*args)
+                if result is not None:
+                    results.append(result)
         except Exception:
             log.exception("plugin %r failed in hook %s", impl.plugin_name, caller.name)
+    for impl, wrapper in reversed(teardowns):
+        try:
+            wrapper.send(pluggy.Result(results, None) if impl.hookwrapper else results)
+        except StopIteration:
+            continue
+        except Exception:
+            log.exception("plugin %r failed in hook %s", impl.plugin_name, caller.name)
+            continue
+        wrapper.close()
+        log.error(
+            "plugin %r: its wrapper of hook %s yields more than once; it must yield exactly once",
+            impl.plugin_name,
+            caller.name,
+        )
 
 
 class Hooks:

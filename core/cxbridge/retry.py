@@ -98,9 +98,14 @@ def outcome_for_status(
     provider_code: str | None = None,
     remote_id: str | None = None,
     now: datetime | None = None,
+    reason: str | None = None,
+    origin: str | None = None,
 ) -> Outcome:
     """The outcome of an HTTP answer: 2xx delivered; 408/425/429/5xx retry (honouring
-    ``Retry-After``); 410 permanent and disables the destination; any other status permanent."""
+    ``Retry-After``); 410 permanent and disables the destination; any other status permanent.
+
+    ``reason`` (the reason phrase) and ``origin`` (the host that answered) make the error read
+    ``HTTP 503 Service Unavailable from api.example.com``."""
     details: dict[str, Any] = {
         "status_code": status,
         "response_excerpt": excerpt,
@@ -109,15 +114,14 @@ def outcome_for_status(
     }
     if 200 <= status < 300:
         return Outcome.delivered(**details)
+    error = f"HTTP {status}{' ' + reason if reason else ''}{' from ' + origin if origin else ''}"
     if status in RETRYABLE_STATUSES or status >= 500:
-        return Outcome.retry(
-            f"HTTP {status}", retry_after=parse_retry_after(retry_after, now=now), **details
-        )
+        return Outcome.retry(error, retry_after=parse_retry_after(retry_after, now=now), **details)
     if status == 410:
         return Outcome.permanent(
-            "HTTP 410 Gone: the destination says it no longer exists; it is disabled until "
-            "re-enabled",
+            f"{error}: the receiver says this endpoint no longer exists, so the destination is "
+            "disabled; fix its url, then run `cxbridge enable` and replay its dead letters",
             disable_destination=True,
             **details,
         )
-    return Outcome.permanent(f"HTTP {status}", **details)
+    return Outcome.permanent(error, **details)

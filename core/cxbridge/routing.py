@@ -1,9 +1,10 @@
 """Fan-out: an accepted event becomes one stored delivery per matching destination.
 
-``on_event`` hooks observe the event; each destination whose ``events`` list and ``when`` condition match
-gets its payload rendered once by ``transform``; the event and its deliveries are stored in one
-transaction, then enqueued — except deliveries that wait behind an earlier delivery of their ordering
-key (see :func:`ordering_key`). The same event id again fans out nothing new.
+Each destination whose ``events`` list and ``when`` condition match gets its payload rendered once by
+``transform``; the event and its deliveries are stored in one transaction. Only the accept whose insert
+stored the event then calls the ``on_event`` hooks and enqueues the deliveries — except those that wait
+behind an earlier delivery of their ordering key (see :func:`ordering_key`) — so the same event id
+again (even concurrently, from another thread or process) fans out and observes nothing new.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from cxbridge.config import TenantConfig
 from cxbridge.destinations import Destination
 from cxbridge.errors import CxbridgeError, TemplateError
 from cxbridge.events import Event
-from cxbridge.outcome import Delivery, Payload
+from cxbridge.outcome import Payload
 from cxbridge.plugins import Hooks
 from cxbridge.store import NewDelivery, Store
 
@@ -81,11 +82,14 @@ class Router:
         hooks: Hooks,
         tenants: Mapping[str, TenantConfig],
         enqueue: Callable[[Sequence[str]], None],
+        dispatch_dead: Callable[[Sequence[str]], object],
     ) -> None:
         self.store = store
         self.hooks = hooks
         self.tenants = tenants
         self.enqueue = enqueue
+        # Runs on_delivery_failed for dead letters just stored (cxbridge.outbox).
+        self.dispatch_dead = dispatch_dead
 
     def accept(self, event: Event) -> Accepted:
         tenant = self.tenants.get(event.tenant)
@@ -97,9 +101,8 @@ class Router:
             )
         if self.store.has_event(event.tenant, event.id):
             return self._duplicate(event)
-        self.hooks.on_event(event, event.tenant)
         context = event.template_context(timezone=tenant.timezone)
-        new: list[tuple[NewDelivery, Destination]] = []
+        new: list[NewDelivery] = []
         for destination in tenant.destinations_for(event.type):
             if not destination.enabled:
                 continue
@@ -121,33 +124,27 @@ class Router:
                 )
             did = delivery_id(event.tenant, event.id, destination.name)
             key = ordering_key(event) if destination.ordered else None
-            new.append((NewDelivery(did, destination.name, payload, dead_reason, key), destination))
+            new.append(NewDelivery(did, destination.name, payload, dead_reason, key))
         stored = self.store.add_event(
             tenant=event.tenant,
             event_id=event.id,
             event_type=event.type,
             occurred_at=event.occurred_at,
             body=event_body(event),
-            new_deliveries=[n for n, _ in new],
+            new_deliveries=new,
         )
         if not stored:  # another process stored it between our check and our insert
             return self._duplicate(event)
-        pending = [n.id for n, _ in new if n.dead_reason is None]
-        ordered = {n.id for n, _ in new if n.order_key is not None}
-        if ordered & set(pending):
+        self.hooks.on_event(event, event.tenant)
+        dead = [n.id for n in new if n.dead_reason is not None]
+        pending = [n.id for n in new if n.dead_reason is None]
+        if any(n.order_key is not None for n in new):
             # After the commit, so that this check and the finish of an earlier delivery of the
             # key cannot both miss each other: one of them enqueues it.
             pending = self.store.ready(pending)
         self.enqueue(pending)
-        for n, destination in new:
-            if n.dead_reason is not None:
-                delivery = Delivery(
-                    n.id, event.tenant, destination.name, event.id, event.type, 0, n.payload
-                )
-                self.hooks.on_delivery_failed(delivery, destination, n.dead_reason)
-        return Accepted(
-            event.id, False, [n.id for n, _ in new], [n.id for n, _ in new if n.dead_reason]
-        )
+        self.dispatch_dead(dead)
+        return Accepted(event.id, False, [n.id for n in new], dead)
 
     def _duplicate(self, event: Event) -> Accepted:
         tenant = self.tenants[event.tenant]

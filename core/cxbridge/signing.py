@@ -101,7 +101,7 @@ def parse_secret(secret: str) -> bytes:
     if not secret.startswith(SECRET_PREFIX):
         raise InvalidSecretError(
             f"a secret must start with {SECRET_PREFIX!r} followed by base64; generate one with "
-            "`python -c 'import cxbridge.signing as s; print(s.generate_secret())'`"
+            "`.venv/bin/cxbridge secret`"
         )
     encoded = secret[len(SECRET_PREFIX) :].strip()
     try:

@@ -12,8 +12,9 @@ to fail::
         ...
         fake.find("Task", CXMind_Call_Id__c="call-1")
 
-simple-salesforce always builds ``https://`` URLs on ``*.salesforce.com``; :class:`RoutingSession`
-sends every request to the fake instead (pass ``fake.session`` as the plugin's session factory).
+simple-salesforce always builds ``https://`` URLs on ``*.salesforce.com``; point a destination at the
+fake with its endpoint override (``endpoint: fake.url``, ``allow_networks: [127.0.0.0/8]``), which
+sends every request here and the original host in ``X-Forwarded-Host``.
 """
 
 from __future__ import annotations
@@ -28,15 +29,14 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 from xml.sax.saxutils import escape
 
 import jwt
-import requests
 
 from tests.fakes.server import FakeHandler, FakeServer
 
-__all__ = ["FakeSalesforce", "Fault", "RoutingSession"]
+__all__ = ["FakeSalesforce", "Fault"]
 
 INSTANCE_URL = "https://acme.my.salesforce.com"
 ID_PREFIX = {"Task": "00T", "Case": "500", "Contact": "003"}
@@ -80,26 +80,6 @@ class Fault:
     on_token: bool = False  # applies to the OAuth token endpoint instead of the data API
 
 
-class RoutingSession(requests.Session):
-    """A ``requests.Session`` sending every request to the fake, whatever the URL's scheme/host.
-
-    ``trust_env`` is off: on this machine REQUESTS_CA_BUNDLE and proxy variables would otherwise
-    override the session's settings. The original host travels in ``X-Fake-Host``.
-    """
-
-    def __init__(self, address: str) -> None:
-        super().__init__()
-        self.trust_env = False
-        self._address = address
-
-    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        parts = urlsplit(url if isinstance(url, str) else url.decode())
-        headers = dict(kwargs.pop("headers", None) or {})
-        headers["X-Fake-Host"] = parts.netloc
-        routed = urlunsplit(("http", self._address, parts.path, parts.query, parts.fragment))
-        return super().request(method, routed, *args, headers=headers, **kwargs)
-
-
 class FakeSalesforce(FakeServer):
     """The fake org. Thread-safe; start with ``with FakeSalesforce() as fake`` or :meth:`start`."""
 
@@ -129,9 +109,9 @@ class FakeSalesforce(FakeServer):
         self.log: list[tuple[str, str, int]] = []
         self.search_terms: list[str] = []
 
-    def session(self) -> RoutingSession:
-        """A session factory for the plugin: every request goes to this fake."""
-        return RoutingSession(self.netloc)
+    def options(self, **more: Any) -> dict[str, Any]:
+        """The options that point a destination at this fake (merge them into its options)."""
+        return {"endpoint": self.url, "allow_networks": ["127.0.0.0/8"], **more}
 
     # -- programming it ----------------------------------------------------------------------------
 
@@ -311,7 +291,7 @@ class _Handler(FakeHandler):
 
     def _token(self, body: bytes) -> None:
         form = {k: v[0] for k, v in parse_qs(body.decode()).items()}
-        host = self.headers.get("X-Fake-Host", "")
+        host = self.headers.get("X-Forwarded-Host", "")
         fake = self.fake
         grant = form.get("grant_type", "")
 
@@ -373,7 +353,7 @@ class _Handler(FakeHandler):
                 "</sf:LoginFault></detail></soapenv:Fault></soapenv:Body></soapenv:Envelope>"
             )
             return self._send(500, fault, "text/xml", "soap")
-        token = fake._issue_token(self.headers.get("X-Fake-Host", ""), "soap")["access_token"]
+        token = fake._issue_token(self.headers.get("X-Forwarded-Host", ""), "soap")["access_token"]
         server_url = f"{INSTANCE_URL}/services/Soap/u/{fake.api_version}/00D000000000001"
         ok = (
             '<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope '

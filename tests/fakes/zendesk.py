@@ -13,8 +13,10 @@ Shapes follow the REST reference: create answers ``201 {"ticket", "audit"}``, up
 {"ticket", "audit"}``, lists by ``external_id`` use cursor pagination (``meta.has_more``,
 ``meta.after_cursor``, absolute ``links.next``), errors are ``{"error", "description", "details"}``.
 
-Only plain HTTP is served: point the plugin at it with :class:`PlainHttpSession` as its session
-factory (it rewrites the scheme), ``subdomain: "127"`` and ``domain: "0.0.1:<port>"``.
+Only plain HTTP is served: point a destination at it with its endpoint override,
+:meth:`FakeZendesk.options` (``subdomain: acme``, ``endpoint: http://127.0.0.1:<port>``,
+``allow_networks: [127.0.0.0/8]``). The links it answers with name ``https://acme.zendesk.com``, as
+the real account would.
 """
 
 from __future__ import annotations
@@ -32,12 +34,13 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
-from cxbridge_zendesk.client import ZendeskSession
 from tests.fakes.server import FakeHandler, FakeServer
 
-__all__ = ["FakeZendesk", "Fault", "PlainHttpSession", "Recorded"]
+__all__ = ["FakeZendesk", "Fault", "Recorded"]
 
 API = "/api/v2"
+SUBDOMAIN = "acme"
+PUBLIC = f"https://{SUBDOMAIN}.zendesk.com"
 
 
 @dataclass
@@ -123,6 +126,15 @@ class FakeZendesk(FakeServer):
         self._ids = itertools.count(1001)
 
     # -- programming and inspecting ----------------------------------------------------------------
+
+    def options(self, **more: Any) -> dict[str, Any]:
+        """The options that point a destination at this fake (merge them into its options)."""
+        return {
+            "subdomain": SUBDOMAIN,
+            "endpoint": self.url,
+            "allow_networks": ["127.0.0.0/8"],
+            **more,
+        }
 
     def fail(
         self,
@@ -280,7 +292,7 @@ class FakeZendesk(FakeServer):
             )
             kept = kept + "&" if kept else ""
             cursor = f"page[size]={size}&page[after]={start + size}"
-            next_link = f"https://{self.netloc}{API}{path}?{kept}{cursor}"
+            next_link = f"{PUBLIC}{API}{path}?{kept}{cursor}"
         return {
             key: page,
             "meta": {
@@ -342,7 +354,7 @@ class FakeZendesk(FakeServer):
         tags = set(data.get("tags") or []) | set(data.get("additional_tags") or [])
         ticket = {
             "id": ticket_id,
-            "url": f"https://{self.netloc}{API}/tickets/{ticket_id}.json",
+            "url": f"{PUBLIC}{API}/tickets/{ticket_id}.json",
             "external_id": data.get("external_id"),
             "subject": data.get("subject"),
             "raw_subject": data.get("subject"),
@@ -453,7 +465,7 @@ class FakeZendesk(FakeServer):
         user_id = next(self._ids)
         user = {
             "id": user_id,
-            "url": f"https://{self.netloc}{API}/users/{user_id}.json",
+            "url": f"{PUBLIC}{API}/users/{user_id}.json",
             "name": fields.get("name"),
             "email": fields.get("email"),
             "phone": fields.get("phone"),
@@ -548,18 +560,3 @@ class _Handler(FakeHandler):
 
 
 FakeZendesk.handler = _Handler
-
-
-class PlainHttpSession(ZendeskSession):
-    """For tests only: reach the fake's plain-HTTP port. The host is kept, so zenpy still parses
-    answers; ``trust_env`` is off so proxy and CA-bundle variables of this machine do not interfere.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.trust_env = False
-
-    def request(self, method: Any, url: Any, *args: Any, **kwargs: Any) -> Any:
-        if isinstance(url, str) and url.startswith("https://"):
-            url = "http://" + url[len("https://") :]
-        return super().request(method, url, *args, **kwargs)

@@ -6,7 +6,14 @@ the default) and PostgreSQL (scale-out) are supported. Times are stored as UTC e
 """
 
 from cxbridge.store._connect import normalize_database_url
-from cxbridge.store._records import AttemptRecord, DeliveryFilter, DeliveryRecord, NewDelivery
+from cxbridge.store._records import (
+    AttemptRecord,
+    DeadLetter,
+    DeliveryFilter,
+    DeliveryRecord,
+    NewDelivery,
+    ReplayReset,
+)
 from cxbridge.store._schema import (
     DEAD,
     DELIVERED,
@@ -24,9 +31,11 @@ __all__ = [  # noqa: RUF022 - grouped by purpose, like dramatiq's
     "normalize_database_url",
     # records
     "AttemptRecord",
+    "DeadLetter",
     "DeliveryFilter",
     "DeliveryRecord",
     "NewDelivery",
+    "ReplayReset",
     # schema: delivery statuses, limits, tables (for tests and the benchmark)
     "DEAD",
     "DELIVERED",

@@ -15,7 +15,16 @@ import sqlalchemy as sa
 from cxbridge.outcome import Outcome, Payload
 from cxbridge.store._schema import DEAD, deliveries
 
-__all__ = ["AttemptRecord", "DeliveryFilter", "DeliveryRecord", "NewDelivery", "_dt", "_ts"]
+__all__ = [
+    "AttemptRecord",
+    "DeadLetter",
+    "DeliveryFilter",
+    "DeliveryRecord",
+    "NewDelivery",
+    "ReplayReset",
+    "_dt",
+    "_ts",
+]
 
 
 def _ts(value: datetime | None) -> float | None:
@@ -101,6 +110,25 @@ class AttemptRecord:
 
 
 @dataclass(frozen=True)
+class DeadLetter:
+    """One dead letter whose ``on_delivery_failed`` hooks are still to run (see cxbridge.outbox)."""
+
+    id: int
+    delivery_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ReplayReset:
+    """What :meth:`Store.reset_for_replay` did: the ids it made pending again, and the ids it left
+    alone because they are still in the engine's hands (pending, or leased by a running attempt)."""
+
+    reset: list[str]
+    pending: list[str]
+    in_flight: list[str]
+
+
+@dataclass(frozen=True)
 class DeliveryFilter:
     """Which deliveries to list or replay. ``None`` fields do not filter."""
 
@@ -111,6 +139,8 @@ class DeliveryFilter:
     since: datetime | None = None
     until: datetime | None = None
     ids: Sequence[str] | None = None
+    #: Only deliveries whose row changed at or after this time (``cxbridge deliveries --follow``).
+    updated_since: datetime | None = None
 
     def where(self) -> list[sa.ColumnElement[bool]]:
         c = deliveries.c
@@ -129,4 +159,6 @@ class DeliveryFilter:
             clauses.append(c.created_at < self.until.timestamp())
         if self.ids is not None:
             clauses.append(c.id.in_(list(self.ids)))
+        if self.updated_since is not None:
+            clauses.append(c.updated_at >= self.updated_since.timestamp())
         return clauses

@@ -58,7 +58,7 @@ deliveries = sa.Table(
     sa.Column("delivered_at", sa.Float),
     sa.Column("last_error", sa.Text),
     sa.Column("remote_id", sa.String(200)),
-    # Per-key order (schema version 2): deliveries of one ordering key (the call, per destination)
+    # Per-key order (schema version 3): deliveries of one ordering key (the call, per destination)
     # are attempted one at a time, by the event's time (``order_at``), then arrival (``created_at``).
     # NULL: unordered.
     sa.Column("order_key", sa.String(200)),
@@ -95,6 +95,11 @@ dead_letters = sa.Table(
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("dead_at", sa.Float, nullable=False, index=True),
     sa.Column("replayed_at", sa.Float),
+    # The outbox of ``on_delivery_failed``: set once the hooks ran; a dispatcher holds a row until
+    # ``hooks_claimed_until`` while it calls them (see cxbridge.outbox).
+    sa.Column("hooks_done_at", sa.Float),
+    sa.Column("hooks_claimed_until", sa.Float),
+    sa.Index("ix_dead_letters_hooks", "hooks_done_at", "dead_at"),
 )
 disabled_destinations = sa.Table(
     "disabled_destinations",
@@ -109,9 +114,14 @@ schema_version = sa.Table(
 )
 
 
+def _create_tables(conn: sa.Connection) -> None:
+    """Version 1: the tables. A new database gets today's definitions, so later migrations check
+    before they add."""
+    metadata.create_all(conn, tables=list(metadata.sorted_tables))
+
+
 def _add_missing_columns(conn: sa.Connection, table: sa.Table, *names: str) -> None:
-    """``ALTER TABLE … ADD COLUMN`` for each named column the database lacks. A database created
-    at this version already has them: migration 1 creates the tables as defined above."""
+    """``ALTER TABLE … ADD COLUMN`` for each named column (as defined above) the database lacks."""
     present = {column["name"] for column in sa.inspect(conn).get_columns(table.name)}
     preparer = conn.dialect.identifier_preparer
     for name in names:
@@ -123,17 +133,33 @@ def _add_missing_columns(conn: sa.Connection, table: sa.Table, *names: str) -> N
             )
 
 
-def _add_ordering(conn: sa.Connection) -> None:
-    """Version 2: the ordering key and time of each delivery, and the index of the head check.
-    Existing rows keep ``order_key`` NULL (unordered)."""
-    _add_missing_columns(conn, deliveries, "order_key", "order_at")
-    next(i for i in deliveries.indexes if i.name == "ix_deliveries_order").create(
-        conn, checkfirst=True
+def _create_missing_index(conn: sa.Connection, table: sa.Table, name: str) -> None:
+    next(i for i in table.indexes if i.name == name).create(conn, checkfirst=True)
+
+
+def _add_dead_letter_outbox(conn: sa.Connection) -> None:
+    """Version 2: ``dead_letters`` becomes the outbox of ``on_delivery_failed``. Dead letters of an
+    older version already had their hooks called (or lost them in a crash, which can no longer be
+    told apart): they count as done, so an upgrade does not page anyone for old failures."""
+    _add_missing_columns(conn, dead_letters, "hooks_done_at", "hooks_claimed_until")
+    _create_missing_index(conn, dead_letters, "ix_dead_letters_hooks")
+    conn.execute(
+        dead_letters.update()
+        .where(dead_letters.c.hooks_done_at.is_(None))
+        .values(hooks_done_at=dead_letters.c.dead_at)
     )
 
 
-# Each migration brings the schema from version i to i + 1. Version 1 is the tables above.
+def _add_ordering(conn: sa.Connection) -> None:
+    """Version 3: the ordering key and time of each delivery, and the index of the head check.
+    Existing rows keep ``order_key`` NULL (unordered)."""
+    _add_missing_columns(conn, deliveries, "order_key", "order_at")
+    _create_missing_index(conn, deliveries, "ix_deliveries_order")
+
+
+# Each migration brings the schema from version i to i + 1.
 MIGRATIONS: list[Callable[[sa.Connection], None]] = [
-    lambda conn: metadata.create_all(conn, tables=[t for t in metadata.sorted_tables]),
+    _create_tables,
+    _add_dead_letter_outbox,
     _add_ordering,
 ]

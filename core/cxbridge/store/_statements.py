@@ -21,8 +21,11 @@ from cxbridge.store._schema import (
 
 __all__ = [
     "_ATTEMPT_KEYS",
+    "_CLAIM_DEAD_LEFT_OVER",
+    "_CLAIM_DEAD_OF",
     "_DEAD_KEYS",
     "_FINISH",
+    "_FINISH_DEAD",
     "_HAS_EVENT",
     "_INSERT_ATTEMPT",
     "_INSERT_DEAD",
@@ -134,6 +137,43 @@ _ATTEMPT_KEYS = (
     "response_excerpt",
 )
 _DEAD_KEYS = ("delivery_id", "tenant", "destination", "reason", "dead_at")
+
+
+def _claim_dead(*which: sa.ColumnElement[bool]) -> sa.Update:
+    """Claim the dead letters ``which`` selects whose hooks have not run and that nobody holds (never
+    claimed, or the claim ran out) until ``b_until``; returns what the hooks need. One conditional
+    UPDATE, so two dispatchers never both get a row (PostgreSQL re-checks the condition on a row
+    another transaction just claimed)."""
+    _l = dead_letters.c
+    free = (
+        _l.hooks_done_at.is_(None),
+        sa.or_(_l.hooks_claimed_until.is_(None), _l.hooks_claimed_until < sa.bindparam("b_now")),
+    )
+    # Not correlated: the subquery picks from dead_letters on its own; the UPDATE then re-checks.
+    candidates = (
+        sa.select(_l.id)
+        .where(*free, *which)
+        .order_by(_l.id)
+        .limit(sa.bindparam("b_limit"))
+        .correlate(None)
+    )
+    return (
+        dead_letters.update()
+        .where(_l.id.in_(candidates), *free)
+        .values(hooks_claimed_until=sa.bindparam("b_until"))
+        .returning(_l.id, _l.delivery_id, _l.reason)
+    )
+
+
+# The outbox of on_delivery_failed (cxbridge.outbox): the dead letters of deliveries just dead, and
+# those left undone since ``b_before``.
+_CLAIM_DEAD_OF = _claim_dead(dead_letters.c.delivery_id.in_(sa.bindparam("b_ids", expanding=True)))
+_CLAIM_DEAD_LEFT_OVER = _claim_dead(dead_letters.c.dead_at <= sa.bindparam("b_before"))
+_FINISH_DEAD = (
+    dead_letters.update()
+    .where(dead_letters.c.id == sa.bindparam("b_id"))
+    .values(hooks_done_at=sa.bindparam("b_now"), hooks_claimed_until=None)
+)
 
 
 class _Compiled:

@@ -15,9 +15,11 @@ from cxbridge.outcome import Payload
 from cxbridge.store._connect import create_engines, normalize_database_url
 from cxbridge.store._records import (
     AttemptRecord,
+    DeadLetter,
     DeliveryFilter,
     DeliveryRecord,
     NewDelivery,
+    ReplayReset,
     _ts,
 )
 from cxbridge.store._schema import (
@@ -35,8 +37,11 @@ from cxbridge.store._schema import (
 )
 from cxbridge.store._statements import (
     _ATTEMPT_KEYS,
+    _CLAIM_DEAD_LEFT_OVER,
+    _CLAIM_DEAD_OF,
     _DEAD_KEYS,
     _FINISH,
+    _FINISH_DEAD,
     _HAS_EVENT,
     _INSERT_ATTEMPT,
     _INSERT_DEAD,
@@ -59,7 +64,9 @@ class Store:
         self.is_sqlite = self.url.startswith("sqlite")
         # Writes go through ``self.engine`` inside :meth:`_write`; reads through ``self._reader``.
         self.engine, self._reader, self._write_lock, self._insert = create_engines(self.url)
-        self._insert_event = self._insert(events).on_conflict_do_nothing()
+        # RETURNING, not rowcount: SQLAlchemy does not keep an INSERT's rowcount on psycopg (-1),
+        # which made a concurrent accept of one event id on PostgreSQL insert its deliveries twice.
+        self._insert_event = self._insert(events).on_conflict_do_nothing().returning(events.c.id)
         dialect = self.engine.dialect
         self._lease_sql = _Compiled(_LEASE, dialect)
         self._key_lock_sql = None if self.is_sqlite else _Compiled(_KEY_LOCK, dialect)
@@ -151,8 +158,8 @@ class Store:
                     "received_at": now,
                     "body": body,
                 },
-            ).rowcount
-            if not inserted:
+            ).first()
+            if inserted is None:
                 return False
             rows = []
             dead = []
@@ -420,13 +427,44 @@ class Store:
         return DeliveryRecord.from_row(row) if row is not None else None
 
     def list_deliveries(
-        self, where: DeliveryFilter, limit: int | None = None
+        self, where: DeliveryFilter, limit: int | None = None, *, newest: bool = False
     ) -> list[DeliveryRecord]:
-        query = deliveries.select().where(*where.where()).order_by(deliveries.c.created_at)
+        """Matching deliveries in the order they were created; with ``newest``, the last ``limit``
+        of them (still oldest first)."""
+        created = deliveries.c.created_at
+        order = (created.desc(), deliveries.c.id.desc()) if newest else (created, deliveries.c.id)
+        query = deliveries.select().where(*where.where()).order_by(*order)
         if limit is not None:
             query = query.limit(limit)
         with self._reader.connect() as conn:
-            return [DeliveryRecord.from_row(r) for r in conn.execute(query)]
+            records = [DeliveryRecord.from_row(r) for r in conn.execute(query)]
+        return records[::-1] if newest else records
+
+    def list_events(
+        self,
+        *,
+        tenant: str | None = None,
+        event_type: str | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """The newest events first, each with how many of its deliveries are in each status."""
+        e, c = events.c, deliveries.c
+        query = sa.select(e.tenant, e.id, e.type, e.occurred_at, e.received_at)
+        for column, value in ((e.tenant, tenant), (e.type, event_type)):
+            if value is not None:
+                query = query.where(column == value)
+        if since is not None:
+            query = query.where(e.received_at >= since.timestamp())
+        query = query.order_by(e.received_at.desc()).limit(limit)
+        with self._reader.connect() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(query)]
+            for row in rows:
+                counts = sa.select(c.status, sa.func.count()).where(
+                    c.tenant == row["tenant"], c.event_id == row["id"]
+                )
+                row["deliveries"] = dict(conn.execute(counts.group_by(c.status)).all())
+        return rows
 
     def count_deliveries(self, where: DeliveryFilter) -> int:
         query = sa.select(sa.func.count()).select_from(deliveries).where(*where.where())
@@ -458,39 +496,86 @@ class Store:
 
     def reset_for_replay(
         self, ids: Sequence[str], payloads: dict[str, Payload] | None = None
-    ) -> None:
-        """Make deliveries pending again with a fresh retry window, due now."""
+    ) -> ReplayReset:
+        """Make finished (delivered or dead) deliveries pending again with a fresh retry window, due
+        now. A delivery that is still pending (waiting for its next attempt, or leased by a running
+        one) is left alone and reported: resetting it would let a second worker send it while the
+        first attempt runs. The check and the reset are one statement, so a lease cannot slip in
+        between."""
         now = self.now()
+        c = deliveries.c
+        wanted = list(ids)
         with self._write() as conn:
-            conn.execute(
-                deliveries.update()
-                .where(deliveries.c.id.in_(list(ids)))
-                .values(
-                    status=PENDING,
-                    first_attempt_at=None,
-                    next_attempt_at=now,
-                    enqueued_at=None,
-                    lease_until=None,
-                    updated_at=now,
-                )
-            )
-            conn.execute(
-                dead_letters.update()
-                .where(
-                    dead_letters.c.delivery_id.in_(list(ids)), dead_letters.c.replayed_at.is_(None)
-                )
-                .values(replayed_at=now)
-            )
-            for delivery_id, payload in (payloads or {}).items():
+            reset = list(
                 conn.execute(
                     deliveries.update()
-                    .where(deliveries.c.id == delivery_id)
+                    .where(
+                        c.id.in_(wanted),
+                        c.status.in_([DELIVERED, DEAD]),
+                        sa.or_(c.lease_until.is_(None), c.lease_until <= now),
+                    )
+                    .values(
+                        status=PENDING,
+                        first_attempt_at=None,
+                        next_attempt_at=now,
+                        enqueued_at=None,
+                        lease_until=None,
+                        updated_at=now,
+                    )
+                    .returning(c.id)
+                ).scalars()
+            )
+            skipped = conn.execute(
+                sa.select(c.id, c.lease_until).where(c.id.in_(wanted), c.id.not_in(reset))
+            ).all()
+            conn.execute(
+                dead_letters.update()
+                .where(dead_letters.c.delivery_id.in_(reset), dead_letters.c.replayed_at.is_(None))
+                .values(replayed_at=now)
+            )
+            for delivery_id in reset:
+                payload = (payloads or {}).get(delivery_id)
+                if payload is None:
+                    continue
+                conn.execute(
+                    deliveries.update()
+                    .where(c.id == delivery_id)
                     .values(
                         body=payload.body,
                         content_type=payload.content_type,
                         meta=json.dumps(payload.meta),
                     )
                 )
+        leased = [i for i, until in skipped if until is not None and until > now]
+        return ReplayReset(reset, [i for i, _ in skipped if i not in leased], leased)
+
+    # -- the outbox of on_delivery_failed ----------------------------------------------------------
+
+    def claim_dead_letters(
+        self,
+        *,
+        claim_seconds: float,
+        delivery_ids: Sequence[str] | None = None,
+        older_than: float | None = None,
+        limit: int = 100,
+    ) -> list[DeadLetter]:
+        """Claim for ``claim_seconds`` the dead letters whose hooks have not run and that nobody
+        holds: of these deliveries, or else dead at least ``older_than`` seconds ago. Two callers
+        never both get a row."""
+        now = self.now()
+        params: dict[str, Any] = {"b_now": now, "b_until": now + claim_seconds, "b_limit": limit}
+        if delivery_ids is not None:
+            statement, params["b_ids"] = _CLAIM_DEAD_OF, list(delivery_ids)
+        else:
+            statement, params["b_before"] = _CLAIM_DEAD_LEFT_OVER, now - (older_than or 0)
+        with self._write() as conn:
+            rows = conn.execute(statement, params).all()
+        return sorted((DeadLetter(*row) for row in rows), key=lambda letter: letter.id)
+
+    def finish_dead_letter(self, dead_letter_id: int) -> None:
+        """Mark a dead letter's hooks as run."""
+        with self._write() as conn:
+            conn.execute(_FINISH_DEAD, {"b_id": dead_letter_id, "b_now": self.now()})
 
     def purge(self, older_than: datetime) -> int:
         """Delete finished deliveries (and their attempts, dead letters and events) last updated

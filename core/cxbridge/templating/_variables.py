@@ -14,10 +14,13 @@ from typing import Any
 
 from liquid import BoundTemplate, RenderContext
 from liquid.ast import Node
-from liquid.builtin.expressions import Path
+from liquid.builtin.expressions import FilteredExpression, Path
 from liquid.builtin.expressions.primitive import RangeLiteral
+from liquid.builtin.tags.case_tag import CaseNode
 from liquid.builtin.tags.for_tag import ForNode
+from liquid.builtin.tags.if_tag import IfNode
 from liquid.builtin.tags.tablerow_tag import TablerowNode
+from liquid.builtin.tags.unless_tag import UnlessNode
 from liquid.expression import Expression
 from pydantic import BaseModel
 
@@ -308,11 +311,68 @@ def check_variables(
         ]
         refs += _loop_variables(part._template, part._src)
         refs.sort(key=lambda item: (item[0].line, item[0].column))
+        # A condition treats a missing value as false; elsewhere it fails the render.
+        guarded = None if _is_condition(part) else _guarded(part._template, part._src)
         for ref, loop in refs:
             error = _check(ref, loop, types_, shapes)
+            if error is None and guarded is not None and (ref.line, ref.column) not in guarded:
+                error = _check_each_type(ref, loop, types_, shapes)
             if error is not None:
                 errors.append(error)
     return errors
+
+
+def _check_each_type(
+    ref: VariableRef, loop: _Loop | None, types_: list[str], shapes: list[_Shape]
+) -> TemplateSyntaxError | None:
+    """An unguarded use of a variable that some subscribed event types lack: every delivery of
+    those types would fail to render, so it is an error at load, naming them."""
+    lacking = [
+        t for t, shape in zip(types_, shapes, strict=True) if _check(ref, loop, [t], [shape])
+    ]
+    if not lacking:
+        return None
+    message = (
+        f"'{ref}' is not in {' or '.join(lacking)} events, which this destination also gets; "
+        f"guard it ({{% if {ref} %}} or | default: ...) or subscribe only to events that have it"
+    )
+    return TemplateSyntaxError(message, line=ref.line, column=ref.column, path=ref.leaf_path)
+
+
+def _is_condition(part: TextTemplate | Condition) -> bool:
+    from cxbridge.templating._templates import Condition
+
+    return isinstance(part, Condition)
+
+
+_GUARDS = (IfNode, UnlessNode, CaseNode)
+
+
+def _guarded(template: BoundTemplate, source: _Source) -> set[tuple[int, int]]:
+    """Positions of the variables that render safely when missing: inside an ``if`` / ``unless``
+    / ``case`` block (or its condition), or whose first filter is ``default``."""
+    positions: set[tuple[int, int]] = set()
+    context = RenderContext(template)
+
+    def visit(expression: Expression, guarded: bool) -> None:
+        if isinstance(expression, FilteredExpression) and expression.filters:
+            # Only a first `default` sees the missing value; `upcase` before it fails already.
+            guarded = guarded or expression.filters[0].name == "default"
+        if guarded and isinstance(expression, Path):
+            positions.add(source.position(expression.token.start_index))
+        for child in expression.children():
+            visit(child, guarded)
+
+    def walk(node: Node, guarded: bool) -> None:
+        guarded = guarded or isinstance(node, _GUARDS)
+        for expression in node.expressions():
+            visit(expression, guarded)
+        for child in node.children(context, include_partials=False):
+            walk(child, guarded)
+
+    for node in template.nodes:
+        walk(node, False)
+    return positions
 
 
 def _parts(template: TextTemplate | JsonTemplate | Condition) -> list[TextTemplate | Condition]:

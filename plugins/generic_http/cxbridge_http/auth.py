@@ -15,10 +15,8 @@ from dataclasses import dataclass
 
 import httpx
 
-from cxbridge.outcome import Outcome
-from cxbridge.retry import outcome_for_status
+from cxbridge import AddressRefused, Outcome, ResolutionFailed, outcome_for_status
 from cxbridge_http.options import BasicAuth, BearerAuth, HttpOptions, OAuth2Auth
-from cxbridge_http.ssrf import AddressRefused, ResolutionFailed
 
 __all__ = ["AuthFailed", "TokenCache", "secret_values", "static_auth_header"]
 

@@ -1,9 +1,5 @@
-"""Pooled ``httpx`` clients, one per destination, each behind the SSRF guard.
-
-:class:`GuardedTransport` is an ``httpx`` transport over an ``httpcore.ConnectionPool`` whose
-network backend is :class:`~cxbridge_http.ssrf.GuardedBackend`. Only public seams of httpx and
-httpcore are used (``httpx.BaseTransport``, ``httpcore.ConnectionPool(network_backend=...)``).
-"""
+"""Pooled ``httpx`` clients, one per destination, each over cxbridge's outbound guard
+(:class:`cxbridge.GuardedTransport`)."""
 
 from __future__ import annotations
 
@@ -19,110 +15,18 @@ import httpcore
 import httpx
 
 import cxbridge
-from cxbridge.destinations import Destination
+from cxbridge import Destination, GuardedTransport, NetworkPolicy
 from cxbridge_http.options import HttpOptions, MtlsAuth
-from cxbridge_http.ssrf import GuardedBackend, NetworkPolicy
 
 __all__ = [
     "USER_AGENT",
     "ClientCache",
     "GuardedClient",
-    "GuardedTransport",
     "SentResponse",
     "build_client",
 ]
 
 USER_AGENT = f"cxbridge/{cxbridge.__version__}"
-
-# Most specific first: the first match wins.
-_EXCEPTIONS: tuple[tuple[type[Exception], type[httpx.HTTPError]], ...] = (
-    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
-    (httpcore.ReadTimeout, httpx.ReadTimeout),
-    (httpcore.WriteTimeout, httpx.WriteTimeout),
-    (httpcore.PoolTimeout, httpx.PoolTimeout),
-    (httpcore.TimeoutException, httpx.TimeoutException),
-    (httpcore.ConnectError, httpx.ConnectError),
-    (httpcore.ReadError, httpx.ReadError),
-    (httpcore.WriteError, httpx.WriteError),
-    (httpcore.NetworkError, httpx.NetworkError),
-    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
-    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
-    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
-    (httpcore.ProtocolError, httpx.ProtocolError),
-)
-
-
-@contextlib.contextmanager
-def _mapped() -> Iterator[None]:
-    """httpcore errors as their httpx counterparts (chained); anything else passes unchanged."""
-    try:
-        yield
-    except Exception as exc:
-        for source, target in _EXCEPTIONS:
-            if isinstance(exc, source):
-                raise target(str(exc)) from exc
-        raise
-
-
-class _ResponseStream(httpx.SyncByteStream):
-    def __init__(self, stream: httpcore.Response) -> None:
-        self._response = stream
-
-    def __iter__(self) -> Iterator[bytes]:
-        with _mapped():
-            yield from self._response.iter_stream()
-
-    def close(self) -> None:
-        self._response.close()
-
-
-class GuardedTransport(httpx.BaseTransport):
-    """An HTTP/1.1 transport whose every TCP connection goes to an address the policy allows."""
-
-    def __init__(
-        self,
-        policy: NetworkPolicy,
-        *,
-        ssl_context: ssl.SSLContext | None = None,
-        max_connections: int = 64,
-        max_keepalive_connections: int = 16,
-        keepalive_expiry: float = 5.0,
-    ) -> None:
-        self.pool = httpcore.ConnectionPool(
-            ssl_context=ssl_context or ssl.create_default_context(cafile=certifi.where()),
-            max_connections=max_connections,
-            max_keepalive_connections=max_keepalive_connections,
-            keepalive_expiry=keepalive_expiry,
-            http1=True,
-            http2=False,
-            network_backend=GuardedBackend(policy),
-        )
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        assert isinstance(request.stream, httpx.SyncByteStream)
-        core_request = httpcore.Request(
-            method=request.method,
-            url=httpcore.URL(
-                scheme=request.url.raw_scheme,
-                host=request.url.raw_host,
-                port=request.url.port,
-                target=request.url.raw_path,
-            ),
-            headers=request.headers.raw,
-            content=request.stream,
-            extensions=request.extensions,
-        )
-        with _mapped():
-            response = self.pool.handle_request(core_request)
-        return httpx.Response(
-            status_code=response.status,
-            headers=response.headers,
-            stream=_ResponseStream(response),
-            extensions=response.extensions,
-        )
-
-    def close(self) -> None:
-        self.pool.close()
 
 
 def _ssl_context(options: HttpOptions) -> ssl.SSLContext:
@@ -172,7 +76,7 @@ class SentResponse:
 
     def iter_raw(self) -> Iterator[bytes]:
         """The body as it arrives; network errors as ``httpx`` exceptions."""
-        with _mapped():
+        with GuardedTransport.httpx_errors():
             yield from self._stream
 
 
@@ -237,7 +141,7 @@ class GuardedClient(httpx.Client):
             content=body,
             extensions={"timeout": self._timeouts},
         )
-        with _mapped():
+        with GuardedTransport.httpx_errors():
             core_response = self.guarded.pool.handle_request(core_request)
         try:
             if any(name.lower() == b"set-cookie" for name, _ in core_response.headers):
@@ -249,7 +153,7 @@ class GuardedClient(httpx.Client):
                 core_response.iter_stream(),
             )
         finally:
-            with _mapped():
+            with GuardedTransport.httpx_errors():
                 core_response.close()
 
     def _keep_cookies(self, method: str, url: httpx.URL, response: httpcore.Response) -> None:

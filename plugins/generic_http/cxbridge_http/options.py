@@ -17,6 +17,7 @@ Example::
 from __future__ import annotations
 
 import re
+import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -26,12 +27,12 @@ from pydantic import (
     ConfigDict,
     Field,
     FilePath,
-    IPvAnyNetwork,
     SecretStr,
     field_validator,
     model_validator,
 )
 
+from cxbridge import AllowNetworks, ConfigWarning
 from cxbridge.signing import parse_secret
 from cxbridge.templating import JsonTemplate, TextTemplate
 
@@ -194,10 +195,7 @@ class HttpOptions(BaseModel):
     )
     auth: Auth = Field(default_factory=NoAuth)
     timeout: Timeout = Field(default_factory=Timeout)
-    allow_networks: list[IPvAnyNetwork] = Field(
-        default_factory=list,
-        description="CIDRs the SSRF guard lets through (e.g. 10.0.0.0/8 for an internal endpoint).",
-    )
+    allow_networks: AllowNetworks
     max_response_excerpt: int = Field(16 * 1024, ge=0, le=1024 * 1024)
 
     @field_validator("method", mode="before")
@@ -241,6 +239,14 @@ class HttpOptions(BaseModel):
         has_auth_header = any(name.lower() == "authorization" for name in self.headers)
         if has_auth_header and self.auth.type != "none":
             raise ValueError(f"headers.Authorization conflicts with auth.type {self.auth.type!r}")
+        if not self.secrets:
+            # Loads (a receiver may authenticate otherwise), but `cxbridge validate` says so.
+            warnings.warn(
+                "no `secrets`: webhooks go out unsigned and the receiver cannot verify them; "
+                "add `secrets: [${...}]` (make one with `cxbridge secret`)",
+                ConfigWarning,
+                stacklevel=2,
+            )
         return self
 
     def active_secrets(self, now: datetime | None = None) -> list[str]:

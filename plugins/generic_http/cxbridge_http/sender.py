@@ -12,16 +12,23 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from cxbridge.destinations import Destination
-from cxbridge.errors import TemplateRenderError
-from cxbridge.events import Event
-from cxbridge.outcome import Delivery, Outcome, Payload
-from cxbridge.retry import outcome_for_status
+from cxbridge import (
+    AddressRefused,
+    Delivery,
+    Destination,
+    Event,
+    NetworkPolicy,
+    Outcome,
+    Payload,
+    RedirectRefused,
+    ResolutionFailed,
+    TemplateRenderError,
+    outcome_for_status,
+)
 from cxbridge.signing import sign
 from cxbridge_http.auth import AuthFailed, TokenCache, secret_values, static_auth_header
 from cxbridge_http.client import ClientCache, GuardedClient, SentResponse
 from cxbridge_http.options import HttpOptions, OAuth2Auth
-from cxbridge_http.ssrf import AddressRefused, NetworkPolicy, ResolutionFailed, literal_address
 
 __all__ = ["Sender", "render_payload"]
 
@@ -146,12 +153,11 @@ def _parse_url(url: str, options: HttpOptions) -> httpx.URL | Outcome:
             host = urlsplit(url).hostname or ""
         except ValueError:
             host = ""
-        literal = literal_address(host)
+        try:
+            literal = NetworkPolicy.from_cidrs(options.allow_networks).check_literal(host)
+        except AddressRefused as refused:
+            return Outcome.permanent(str(refused))
         if literal is not None:
-            try:
-                NetworkPolicy.from_cidrs(options.allow_networks).check(host, literal)
-            except AddressRefused as refused:
-                return Outcome.permanent(str(refused))
             return Outcome.permanent(f"invalid url: {exc}; write the address as {literal}")
         return Outcome.permanent(f"invalid url: {exc}")
 
@@ -272,22 +278,18 @@ class Sender:
         elapsed = time.monotonic() - started
         log.debug("%s %s -> %s in %.3f s", method, host, status, elapsed)
         if 300 <= status < 400:
-            location = response.header("Location") or ""
             return Outcome.permanent(
-                f"HTTP {status} redirect to {location or '(no Location)'}; redirects are not "
-                "followed: set url to the final address",
+                str(RedirectRefused(status, response.header("Location"))),
                 status_code=status,
                 response_excerpt=excerpt,
             )
-        outcome = outcome_for_status(
-            status, retry_after=response.header("Retry-After"), excerpt=excerpt
+        return outcome_for_status(
+            status,
+            retry_after=response.header("Retry-After"),
+            excerpt=excerpt,
+            reason=response.reason_phrase,
+            origin=host,
         )
-        if not outcome.ok and outcome.error:
-            reason = response.reason_phrase
-            outcome = replace(
-                outcome, error=f"{outcome.error}{' ' + reason if reason else ''} from {host}"
-            )
-        return outcome
 
     @staticmethod
     def _excerpt(response: SentResponse, limit: int, deadline: float) -> str | None:

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from cxbridge import Delivery, Destination, Event, Outcome, Payload, hookimpl
-from cxbridge_salesforce.client import client_for, reset_clients, set_session_factory
+from cxbridge_salesforce.client import client_for, reset_clients
 from cxbridge_salesforce.mapping import WritePlan, build_plan
 from cxbridge_salesforce.options import (
     AccessTokenAuth,
@@ -40,7 +40,6 @@ __all__ = [
     "deliver",
     "register_destinations",
     "reset_clients",
-    "set_session_factory",
     "shutdown",
     "transform",
 ]

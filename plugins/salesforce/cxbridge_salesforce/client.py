@@ -8,8 +8,10 @@ under a lock shared by every thread of the destination (so a burst of expired re
 login), and repeats the call; a second 401 in the same attempt is raised to the caller, which
 makes it a permanent outcome.
 
-HTTP sessions are one per worker thread, each with a default (connect, read) timeout applied by a
-transport adapter, because simple-salesforce's create/update/upsert take no ``timeout`` argument.
+HTTP sessions are one per worker thread, each a :class:`cxbridge.GuardedSession`: every
+connection goes through cxbridge's outbound guard (``allow_networks``), redirects are refused,
+the options' ``endpoint`` override is applied, and a default (connect, read) timeout is set,
+because simple-salesforce's create/update/upsert take no ``timeout`` argument.
 """
 
 from __future__ import annotations
@@ -24,11 +26,11 @@ from urllib.parse import quote, urlsplit
 
 import jwt
 import requests
-from requests.adapters import HTTPAdapter
 from simple_salesforce.api import Salesforce
 from simple_salesforce.exceptions import SalesforceAuthenticationFailed, SalesforceExpiredSession
 from simple_salesforce.login import SalesforceLogin
 
+from cxbridge import GuardedSession
 from cxbridge_salesforce.options import (
     AccessTokenAuth,
     ClientCredentialsAuth,
@@ -41,17 +43,13 @@ from cxbridge_salesforce.options import (
 __all__ = [
     "AuthError",
     "SalesforceClient",
-    "SessionFactory",
-    "TimeoutAdapter",
     "Token",
     "client_for",
     "reset_clients",
-    "set_session_factory",
 ]
 
 log = logging.getLogger("cxbridge_salesforce")
 T = TypeVar("T")
-SessionFactory = Callable[[], requests.Session]
 
 
 class AuthError(Exception):
@@ -78,36 +76,6 @@ class Token:
     issued_at: float
 
 
-class TimeoutAdapter(HTTPAdapter):
-    """Applies a default ``(connect, read)`` timeout to every request that does not give one."""
-
-    def __init__(self, timeout: tuple[float, float]) -> None:
-        super().__init__()
-        self.timeout = timeout
-
-    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:  # type: ignore[override]
-        if kwargs.get("timeout") is None:
-            kwargs["timeout"] = self.timeout
-        return super().send(request, **kwargs)
-
-
-# -- the test seam ---------------------------------------------------------------------------------
-
-_session_factory: SessionFactory = requests.Session
-
-
-def set_session_factory(factory: SessionFactory | None) -> None:
-    """**For tests.** Build the HTTP sessions of every new client with ``factory`` (``None``
-    restores ``requests.Session``) and drop the existing clients.
-
-    The test suite uses it to route simple-salesforce's fixed ``https://*.salesforce.com`` URLs to a
-    fake server on 127.0.0.1. Not a configuration option: tenant files cannot reach it.
-    """
-    global _session_factory
-    _session_factory = factory or requests.Session
-    reset_clients()
-
-
 # -- clients, one per destination ------------------------------------------------------------------
 
 _clients: dict[tuple[str, str], tuple[SalesforceOptions, SalesforceClient]] = {}
@@ -121,7 +89,7 @@ def client_for(tenant: str, destination: str, options: SalesforceOptions) -> Sal
         entry = _clients.get(key)
         if entry is not None and (entry[0] is options or entry[0] == options):
             return entry[1]
-        client = SalesforceClient(options, _session_factory)
+        client = SalesforceClient(options)
         _clients[key] = (options, client)
     if entry is not None:
         entry[1].close()
@@ -140,9 +108,8 @@ def reset_clients() -> None:
 class SalesforceClient:
     """Talks to one org. Thread-safe: HTTP sessions are per thread, the token is shared (locked)."""
 
-    def __init__(self, options: SalesforceOptions, session_factory: SessionFactory) -> None:
+    def __init__(self, options: SalesforceOptions) -> None:
         self.options = options
-        self._session_factory = session_factory
         self._token: Token | None = None
         self._auth_lock = threading.Lock()
         self._local = threading.local()
@@ -155,10 +122,11 @@ class SalesforceClient:
     def session(self) -> requests.Session:
         session: requests.Session | None = getattr(self._local, "session", None)
         if session is None:
-            session = self._session_factory()
-            adapter = TimeoutAdapter((self.options.connect_timeout, self.options.read_timeout))
-            session.mount("https://", adapter)
-            session.mount("http://", adapter)
+            session = GuardedSession(
+                self.options.policy,
+                timeout=(self.options.connect_timeout, self.options.read_timeout),
+                endpoint=self.options.endpoint,
+            )
             self._local.session = session
             with self._sessions_lock:
                 self._sessions.append(session)

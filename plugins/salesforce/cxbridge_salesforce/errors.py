@@ -10,6 +10,8 @@ other 403                                   permanent (permissions)
 300 (several records on one external id)    permanent, listing the record ids
 404                                         permanent
 408, 429, 5xx, timeouts, connection errors  retry
+address refused by allow_networks, 3xx      permanent (the guard's message names the rule or
+redirect                                    the Location)
 non-JSON error bodies (HTML 401 or 503)     by status, with the body's text as excerpt
 ==========================================  ==================================================
 """
@@ -27,7 +29,7 @@ from simple_salesforce.exceptions import (
     SalesforceRefusedRequest,
 )
 
-from cxbridge import Outcome
+from cxbridge import Outcome, guard_outcome
 from cxbridge_salesforce.client import AuthError
 
 __all__ = ["TRANSIENT_ERROR_CODES", "PlanError", "outcome_for_exception"]
@@ -46,6 +48,9 @@ class PlanError(Exception):
 
 def outcome_for_exception(exc: BaseException, *, rate_limit_retry_after: float) -> Outcome | None:
     """The outcome of an exception from a Salesforce call, or None if it is not one we know."""
+    guarded = guard_outcome(exc)  # a refused address or redirect, a failed DNS lookup
+    if guarded is not None:
+        return guarded
     if isinstance(exc, AuthError):
         details: dict[str, Any] = {
             "status_code": exc.status_code,

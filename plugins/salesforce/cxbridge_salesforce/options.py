@@ -33,7 +33,7 @@ from pydantic import (
     model_validator,
 )
 
-from cxbridge import JsonTemplate
+from cxbridge import AllowNetworks, JsonTemplate, NetworkPolicy
 
 __all__ = [
     "API_NAME",
@@ -110,6 +110,17 @@ class AccessTokenAuth(_Model):
     type: Literal["access_token"]
     access_token: SecretStr
     instance_url: str = Field(pattern=r"^https?://[^/\s]+/?$")
+
+    @field_validator("instance_url")
+    @classmethod
+    def _https(cls, value: str) -> str:
+        if not value.startswith("https://"):
+            raise ValueError(
+                "instance_url must be https:// (Salesforce serves its API over https only); to "
+                "reach a proxy or test server over plain http, set the destination's endpoint "
+                "and allow_networks"
+            )
+        return value
 
 
 class PasswordAuth(_Model):
@@ -209,6 +220,13 @@ class SalesforceOptions(_Model):
         1800, ge=60, le=24 * 3600, description="Wait after REQUEST_LIMIT_EXCEEDED, in seconds."
     )
     mappings: dict[MappingName, MappingOverride] = Field(default_factory=dict)
+    endpoint: str | None = Field(
+        None,
+        description="Send every request (token, login, REST) to this base URL instead of "
+        "Salesforce's hosts: a corporate proxy, a mock or a local test server. Plain http:// only "
+        "to a host inside allow_networks.",
+    )
+    allow_networks: AllowNetworks
 
     @field_validator("escalation_emotions", mode="after")
     @classmethod
@@ -226,6 +244,27 @@ class SalesforceOptions(_Model):
                 "(e.g. acme.my.salesforce.com), not login or test"
             )
         return self
+
+    @model_validator(mode="after")
+    def _reachable(self) -> SalesforceOptions:
+        """The addresses this destination sends to pass the outbound guard (when written as IP
+        addresses; a name is checked when it is resolved, at delivery)."""
+        if self.endpoint:
+            urls = {"endpoint": self.endpoint}
+        else:
+            urls = {"domain": f"https://{self.login_host}"}
+            if isinstance(self.auth, AccessTokenAuth):
+                urls["instance_url"] = self.auth.instance_url
+        for name, url in urls.items():
+            problem = self.policy.endpoint_problem(url)
+            if problem is not None:
+                raise ValueError(f"{name}: {problem}")
+        return self
+
+    @property
+    def policy(self) -> NetworkPolicy:
+        """The outbound guard's rules for this destination."""
+        return NetworkPolicy.from_cidrs(self.allow_networks)
 
     @property
     def login_host(self) -> str:

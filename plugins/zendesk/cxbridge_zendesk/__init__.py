@@ -16,7 +16,7 @@ from __future__ import annotations
 from pydantic import ValidationError
 
 from cxbridge import Delivery, Destination, Event, Outcome, Payload, hookimpl
-from cxbridge_zendesk.client import close_sessions, make_client, set_session_factory
+from cxbridge_zendesk.client import close_sessions, make_client
 from cxbridge_zendesk.delivery import execute, outcome_for_exception
 from cxbridge_zendesk.mapping import build_plan
 from cxbridge_zendesk.options import ZendeskOptions
@@ -27,7 +27,6 @@ __all__ = [
     "ZendeskOptions",
     "deliver",
     "register_destinations",
-    "set_session_factory",
     "shutdown",
     "transform",
 ]

@@ -6,24 +6,24 @@ a delivery worker cannot afford:
 - On 429 zenpy sleeps in a loop for as long as Zendesk keeps sending ``Retry-After``.
   :class:`ZendeskSession` raises :class:`RateLimited` on a 429 before zenpy sees the response, so
   the attempt ends at once and the engine schedules the next one after ``Retry-After``.
-- Redirects are not followed (:class:`UnexpectedRedirect`): an API that moved is a configuration
-  problem.
+- Every connection goes through cxbridge's outbound guard (:class:`cxbridge.GuardedSession`:
+  ``allow_networks``, the ``endpoint`` override), and redirects are never followed, on any method
+  (:class:`cxbridge.RedirectRefused`): an API that moved is a configuration problem, and the
+  target of a redirect would escape the guard.
 - Extra headers for one request (``Idempotency-Key``) come from a context variable
   (:func:`request_headers`), so a session is never mutated per request.
 - The object cache is off (``disable_cache=True``): it serves stale tickets and is not thread-safe.
 - One session per thread and destination (connection reuse); a fresh, cheap ``Zenpy`` per attempt,
   because zenpy's API objects keep per-request state.
 
-For tests, :func:`set_session_factory` swaps the session (e.g. one that rewrites ``https`` to
-``http`` to reach a fake server on 127.0.0.1, with ``domain: "0.0.1:PORT"`` and ``subdomain:
-"127"``). Note that zenpy only parses a response whose request URL contains ``subdomain.domain``: a
-session must not rewrite the host.
+zenpy only parses a response whose request URL contains ``subdomain.domain``; the endpoint
+override keeps that URL on the response, so it works with zenpy unchanged.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from types import MappingProxyType
@@ -35,17 +35,15 @@ import requests
 from zenpy import Zenpy  # type: ignore[import-untyped]
 from zenpy import __version__ as zenpy_version
 
-from cxbridge import parse_retry_after
+from cxbridge import GuardedSession, parse_retry_after
 from cxbridge_zendesk.options import ZendeskOptions
 
 __all__ = [
     "RateLimited",
-    "SessionFactory",
-    "UnexpectedRedirect",
     "ZendeskSession",
+    "close_sessions",
     "make_client",
     "request_headers",
-    "set_session_factory",
 ]
 
 USER_AGENT = f"cxbridge-zendesk/0.1 zenpy/{zenpy_version}"
@@ -65,18 +63,6 @@ class RateLimited(Exception):
         super().__init__(f"Zendesk rate limit (HTTP 429), retry after {self.retry_after} s")
 
 
-class UnexpectedRedirect(Exception):
-    """Zendesk answered with a redirect; the subdomain or domain is probably wrong."""
-
-    def __init__(self, response: requests.Response) -> None:
-        self.response = response
-        location = response.headers.get("Location", "?")
-        super().__init__(
-            f"Zendesk answered HTTP {response.status_code} redirecting to {location}; check the "
-            "destination's subdomain and domain"
-        )
-
-
 @contextmanager
 def request_headers(headers: Mapping[str, str]) -> Iterator[None]:
     """Add ``headers`` to every request this thread (context) sends inside the block."""
@@ -87,13 +73,12 @@ def request_headers(headers: Mapping[str, str]) -> Iterator[None]:
         _request_headers.reset(token)
 
 
-class ZendeskSession(requests.Session):
-    """A requests session that ends an attempt on 429 instead of letting zenpy sleep, follows no
-    redirects and adds the headers of :func:`request_headers`. Subclass it (never replace it) to
-    change transport."""
+class ZendeskSession(GuardedSession):
+    """The guarded session of one destination; it also ends an attempt on 429 instead of letting
+    zenpy sleep and adds the headers of :func:`request_headers`."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, options: ZendeskOptions) -> None:
+        super().__init__(options.policy, endpoint=options.endpoint)
         self.headers["User-Agent"] = USER_AGENT
 
     def request(
@@ -102,43 +87,23 @@ class ZendeskSession(requests.Session):
         extra = _request_headers.get()
         if extra:
             kwargs["headers"] = {**(kwargs.get("headers") or {}), **extra}
-        kwargs.setdefault("allow_redirects", False)
         response = super().request(method, url, *args, **kwargs)
         if response.status_code == 429:
             raise RateLimited(response)
-        if response.is_redirect:
-            raise UnexpectedRedirect(response)
         return response
 
 
-SessionFactory = Callable[[], ZendeskSession]
-_session_factory: SessionFactory = ZendeskSession
 _local = threading.local()
 # Every session made, in any thread, so that close_sessions() can reach them all.
 _made: list[ZendeskSession] = []
 _made_lock = threading.Lock()
 
 
-def set_session_factory(factory: SessionFactory | None) -> SessionFactory:
-    """For tests: build sessions with ``factory`` (``None`` restores the default).
-
-    Returns the previous factory. Sessions already made by this thread are dropped."""
-    global _session_factory
-    previous = _session_factory
-    _session_factory = factory or ZendeskSession
-    _local.__dict__.clear()
-    return previous
-
-
-def _session(key: tuple[Any, ...]) -> ZendeskSession:
+def _session(options: ZendeskOptions, key: tuple[Any, ...]) -> ZendeskSession:
     sessions: dict[tuple[Any, ...], ZendeskSession] = _local.__dict__.setdefault("sessions", {})
-    factory = _session_factory
-    session = sessions.get((factory, *key))
+    session = sessions.get(key)
     if session is None:
-        session = factory()
-        if not isinstance(session, ZendeskSession):
-            raise TypeError("the session factory must return a ZendeskSession (or a subclass)")
-        sessions[(factory, *key)] = session
+        session = sessions[key] = ZendeskSession(options)
         with _made_lock:
             _made.append(session)
     return session
@@ -155,7 +120,15 @@ def close_sessions() -> None:
 
 def make_client(options: ZendeskOptions, *, tenant: str = "", destination: str = "") -> Zenpy:
     """A zenpy client for one attempt, over this thread's session for the destination."""
-    key = (tenant, destination, options.subdomain, options.domain, options.email)
+    key = (
+        tenant,
+        destination,
+        options.subdomain,
+        options.domain,
+        options.email,
+        options.endpoint,
+        tuple(map(str, options.allow_networks)),
+    )
     credentials: dict[str, Any] = {}
     if options.oauth_token is not None:
         credentials["oauth_token"] = options.oauth_token.get_secret_value()
@@ -165,7 +138,7 @@ def make_client(options: ZendeskOptions, *, tenant: str = "", destination: str =
     return Zenpy(
         subdomain=options.subdomain,
         domain=options.domain,
-        session=_session(key),
+        session=_session(options, key),
         timeout=options.timeout,
         disable_cache=True,
         **credentials,

@@ -39,8 +39,8 @@ from zenpy.lib.exception import (  # type: ignore[import-untyped]
     ZenpyException,
 )
 
-from cxbridge import Outcome, outcome_for_status
-from cxbridge_zendesk.client import RateLimited, UnexpectedRedirect, request_headers
+from cxbridge import Outcome, guard_outcome, outcome_for_status
+from cxbridge_zendesk.client import RateLimited, request_headers
 from cxbridge_zendesk.plan import CommentPlan, RequesterPlan, TicketPlan
 
 __all__ = ["Result", "delivery_ref", "execute", "find_ticket", "outcome_for_exception"]
@@ -291,8 +291,9 @@ def outcome_for_exception(exc: BaseException) -> Outcome:
             provider_code="TooManyRequests",
             response_excerpt=exc.response.text[:EXCERPT_LIMIT] or None,
         )
-    if isinstance(exc, UnexpectedRedirect):
-        return Outcome.permanent(str(exc), status_code=exc.response.status_code)
+    guarded = guard_outcome(exc)  # a refused address or redirect, a failed DNS lookup
+    if guarded is not None:
+        return guarded
     response = getattr(exc, "response", None)
     if isinstance(exc, APIException | requests.HTTPError) and response is not None:
         return _outcome_for_response(response)

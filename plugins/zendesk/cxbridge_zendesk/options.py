@@ -27,7 +27,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from cxbridge import JsonTemplate
+from cxbridge import AllowNetworks, JsonTemplate, NetworkPolicy
 
 __all__ = [
     "EscalationOptions",
@@ -120,6 +120,13 @@ class ZendeskOptions(_Strict):
     email: str | None = Field(None, description="The API user's email, with api_token.")
     api_token: SecretStr | None = None
     oauth_token: SecretStr | None = None
+    endpoint: str | None = Field(
+        None,
+        description="Send every request to this base URL instead of https://<subdomain>.<domain>: "
+        "a corporate proxy, a mock or a local test server. Plain http:// only to a host inside "
+        "allow_networks.",
+    )
+    allow_networks: AllowNetworks
     connect_timeout: float = Field(5, gt=0, le=60, description="Seconds to connect.")
     read_timeout: float = Field(15, gt=0, le=300, description="Seconds to wait for each answer.")
 
@@ -159,6 +166,21 @@ class ZendeskOptions(_Strict):
         if self.api_token is not None and not self.email:
             raise ValueError("api_token needs the API user's email")
         return self
+
+    @model_validator(mode="after")
+    def _reachable(self) -> ZendeskOptions:
+        """The address this destination sends to passes the outbound guard (when it is written
+        as an IP address; a name is checked when it is resolved, at delivery)."""
+        url = self.endpoint or f"https://{self.subdomain}.{self.domain}"
+        problem = self.policy.endpoint_problem(url)
+        if problem is not None:
+            raise ValueError(f"endpoint: {problem}" if self.endpoint else problem)
+        return self
+
+    @property
+    def policy(self) -> NetworkPolicy:
+        """The outbound guard's rules for this destination."""
+        return NetworkPolicy.from_cidrs(self.allow_networks)
 
     @property
     def timeout(self) -> tuple[float, float]:
