@@ -245,7 +245,7 @@ def test_a_replayed_dead_letter_goes_before_later_events_of_its_call(ordered) ->
     engine.process(summary)  # released, then retrying
     sent(engine)
 
-    assert replay(engine, DeliveryFilter(ids=[create])) == 1
+    assert replay(engine, DeliveryFilter(ids=[create])).replayed == 1
     assert sent(engine) == [create]
     clock.advance(60)
     assert engine.process(summary) is None  # due, but the replayed create occurred earlier
@@ -338,25 +338,23 @@ def test_crm_plugins_order_by_call_and_the_webhook_plugin_does_not() -> None:
 # -- the store -------------------------------------------------------------------------------------
 
 
-def test_migrating_a_version_1_database_adds_the_ordering_columns(store_url: str) -> None:
+def test_migrating_a_database_from_before_ordering_adds_its_columns(store_url: str) -> None:
     store = Store(store_url)
-    store.migrate()
-    with store.engine.begin() as conn:  # turn it back into a version 1 database with one row
+    latest = store.migrate()
+    with store.engine.begin() as conn:  # turn it back into the version before
         conn.exec_driver_sql("DROP INDEX ix_deliveries_order")
         for column in ("order_key", "order_at"):
             conn.exec_driver_sql(f"ALTER TABLE deliveries DROP COLUMN {column}")
-        conn.exec_driver_sql("UPDATE cxbridge_schema_version SET version = 1")
+        conn.exec_driver_sql(f"UPDATE cxbridge_schema_version SET version = {latest - 1}")
     store.close()
     store = Store(store_url)
-    with store.engine.begin() as conn:
-        assert "order_key" not in {c["name"] for c in sa.inspect(conn).get_columns("deliveries")}
 
-    assert store.migrate() == 2
+    assert store.migrate() == latest
     with store.engine.begin() as conn:
         inspector = sa.inspect(conn)
         assert {"order_key", "order_at"} <= {c["name"] for c in inspector.get_columns("deliveries")}
         assert "ix_deliveries_order" in {i["name"] for i in inspector.get_indexes("deliveries")}
-    assert store.migrate() == 2  # idempotent
+    assert store.migrate() == latest  # nothing left to do
     store.close()
 
 
