@@ -8,15 +8,12 @@ call's events one at a time, so: one ticket per call, one Task per call, one att
 
 from __future__ import annotations
 
-import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from cxbridge import Event, parse_event
-from cxbridge.brokers import broker_from_url
-from cxbridge.clock import SystemClock
 from cxbridge.engine import Engine
 from cxbridge.plugins import PluginManager
 from tests.engine_support import MakeEngine
@@ -28,7 +25,7 @@ from tests.test_crm_engine import (  # noqa: F401 - fixtures
     tenant_yaml,
     zendesk,
 )
-from tests.test_engine_brokers import wait_until_settled
+from tests.test_engine_brokers import running_engine, wait_until_settled
 from tests.test_zendesk import QA_FIELD
 
 CALLS, CALLERS, THREADS = 125, 25, 8
@@ -80,22 +77,19 @@ def run_through_a_worker(
     nothing is pending."""
     manager = PluginManager(allow=["salesforce", "zendesk"])
     manager.load_entrypoints()
-    engine, _, _ = make_engine(
+    broker_url = f"sqlite:///{tmp_path / 'broker.db'}"
+    with running_engine(
+        make_engine,
         tmp_path,
+        broker_url,
+        threads=THREADS,
         tenant_yaml=tenant,
         env=env,
         manager=manager,
-        broker=broker_from_url(f"sqlite:///{tmp_path / 'broker.db'}"),
-        clock=SystemClock(),
-        queue_name=f"cxbridge-test-{uuid.uuid4().hex[:12]}",
-    )
-    engine.start(threads=THREADS, interval=0.2)
-    try:
+    ) as engine:
         for event in events():
             engine.accept(event)
         assert wait_until_settled(engine, timeout=90) == {"delivered": CALLS * len(KINDS)}
-    finally:
-        engine.stop()
     return engine
 
 
@@ -114,8 +108,7 @@ def test_zendesk_gets_one_ticket_per_call_and_one_user_per_caller(
     tenant = tenant_yaml(
         "helpdesk",
         "zendesk",
-        subdomain="127",
-        domain=f"0.0.1:{zendesk.port}",
+        **zendesk.options(),
         email=zendesk.email,
         api_token="${ZENDESK_TOKEN}",
         custom_fields={"qa_score": QA_FIELD},
@@ -141,7 +134,7 @@ def test_salesforce_gets_one_task_per_call_without_upsert_races(
     tmp_path: Path,
     salesforce: FakeSalesforce,  # noqa: F811 - the fixture imported above
 ) -> None:
-    tenant = tenant_yaml("crm", "salesforce", **SALESFORCE_OPTIONS)
+    tenant = tenant_yaml("crm", "salesforce", **salesforce.options(**SALESFORCE_OPTIONS))
     env = {
         "SF_CONSUMER_KEY": salesforce.consumer_key,
         "SF_CONSUMER_SECRET": salesforce.consumer_secret,

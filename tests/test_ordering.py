@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -24,8 +23,6 @@ import pytest
 import sqlalchemy as sa
 
 from cxbridge import Delivery, Outcome, routing
-from cxbridge.brokers import broker_from_url
-from cxbridge.clock import SystemClock
 from cxbridge.config import load_tenant
 from cxbridge.engine import Engine
 from cxbridge.errors import PluginError
@@ -34,7 +31,11 @@ from cxbridge.replay import replay
 from cxbridge.store import DeliveryFilter, Store
 from tests.engine_support import MakeEngine, make_event
 from tests.scripted_plugin import ScriptedOptions, ScriptedPlugin
-from tests.test_engine_brokers import broker_url, wait_until_settled  # noqa: F401 - a fixture
+from tests.test_engine_brokers import (  # noqa: F401 - broker_url is a fixture
+    broker_url,
+    running_engine,
+    wait_until_settled,
+)
 
 # ``crm`` keeps per-call order (``ordered: true`` over the scripted type's default, off);
 # ``hook`` takes every event as it comes.
@@ -433,19 +434,15 @@ def test_real_workers_attempt_each_call_one_at_a_time_in_order(
             return Outcome.retry("HTTP 503", retry_after=0.2)  # every call's second event
         return Outcome.delivered()
 
-    queue = f"cxbridge-test-{uuid.uuid4().hex[:12]}"
-    broker = broker_from_url(broker_url)
-    engine, _, _ = make_engine(
+    with running_engine(
+        make_engine,
         tmp_path,
+        broker_url,
+        threads=8,
         plugin=ScriptedPlugin(default=answer),
         tenant_yaml=ORDERED_ONLY,
         database_url=store_url,
-        broker=broker,
-        clock=SystemClock(),
-        queue_name=queue,
-    )
-    engine.start(threads=8, interval=0.2)
-    try:
+    ) as engine:
         for n in range(4):  # each call's events in the order they occurred, back to back
             for call in range(12):
                 engine.accept(
@@ -458,12 +455,6 @@ def test_real_workers_attempt_each_call_one_at_a_time_in_order(
                     )
                 )
         counts = wait_until_settled(engine)
-    finally:
-        engine.stop()
-        broker.flush(queue)
-        if hasattr(broker, "get_queue_message_counts"):  # RabbitMQ keeps declared queues
-            for name in (queue, f"{queue}.DQ", f"{queue}.XQ"):
-                broker.channel.queue_delete(name)
 
     assert counts == {"delivered": 48}
     assert overlaps == []
