@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -82,10 +83,10 @@ def test_enable_lifts_a_410_disable(sink_engine):
 
 def test_deliveries_and_show_tell_what_happened(sink_engine):
     engine, sink = sink_engine
-    sink.reply("/hook", Reply(503), Reply(422))
+    sink.reply("/hook", Reply(503, headers={"Retry-After": "1"}), Reply(422))
     (delivery_id,) = engine.accept(make_event("call_summary")).delivery_ids
     engine.process(delivery_id)
-    engine.store.reset_for_replay([delivery_id])  # due again now, as the retry would be later
+    time.sleep(1.05)  # the Retry-After
     engine.process(delivery_id)
 
     listed = CliRunner().invoke(cli, ["deliveries", "--json"])

@@ -56,7 +56,7 @@ def test_unknown_type_unknown_filter_and_missing_variable_are_all_reported(tmp_p
           two:
             type: http
             events: [quality_score]
-            url: "https://example.com/${MISSING_URL_VAR}"
+            url: "https://example.com/${ACME_MISSING_URL_VAR}"
             body:
               status: "{{ qi.score | frobnicate }}"
         """,
@@ -64,8 +64,8 @@ def test_unknown_type_unknown_filter_and_missing_variable_are_all_reported(tmp_p
     assert problems_of(path, types) == [
         f"{path}:4:11: unknown destination type 'htpp' — did you mean 'http'?; installed types: "
         "http, salesforce, zendesk",
-        f"{path}:9:31: environment variable MISSING_URL_VAR is not set (referenced as "
-        "${MISSING_URL_VAR}); set it or remove the reference",
+        f"{path}:9:31: environment variable ACME_MISSING_URL_VAR is not set (referenced as "
+        "${ACME_MISSING_URL_VAR}); set it or remove the reference",
         f"{path}:11:30: destinations.two.body.status: unknown filter 'frobnicate'; did you mean "
         "'truncate'?",
     ]
@@ -78,13 +78,13 @@ def test_cli_validate_prints_every_problem_and_exits_1(tmp_path):
         tenant: acme
         destinations:
           one: {type: nope, events: [call_summary]}
-          two: {type: http, events: [call_summary], url: "${NOPE}"}
+          two: {type: http, events: [call_summary], url: "${ACME_NOPE}"}
         """,
     )
     result = CliRunner().invoke(cli, ["validate", str(tmp_path)])
     assert result.exit_code == 1
     assert "acme.yaml:3:15: unknown destination type 'nope'" in result.stderr
-    assert "acme.yaml:4:51: environment variable NOPE is not set" in result.stderr
+    assert "acme.yaml:4:51: environment variable ACME_NOPE is not set" in result.stderr
     assert "2 problem(s) found" in result.stderr
 
 
@@ -181,15 +181,15 @@ def test_env_references_are_substituted_and_dollar_dollar_escapes(tmp_path, type
         tmp_path,
         """
         tenant: acme
-        api_keys: ["${KEY}", "sha256:abc123"]
+        api_keys: ["${ACME_KEY}", "sha256:abc123"]
         destinations:
           hook:
             type: http
             events: ["*"]
-            url: "https://example.com/${PATH_PART}?price=$$5"
+            url: "https://example.com/${ACME_PATH_PART}?price=$$5"
         """,
     )
-    tenant = load_tenant(path, types, {"KEY": "s3cret", "PATH_PART": "in"})
+    tenant = load_tenant(path, types, {"ACME_KEY": "s3cret", "ACME_PATH_PART": "in"})
     hook = tenant.destinations["hook"]
     assert hook.options.url.source == "https://example.com/in?price=$5"
     assert hook.events == {"call_create", "call_outcome", "call_summary", "quality_score"}

@@ -44,8 +44,8 @@ SALESFORCE_OPTIONS = {
     "domain": "acme.my.salesforce.com",
     "auth": {
         "type": "client_credentials",
-        "consumer_key": "${SF_CONSUMER_KEY}",
-        "consumer_secret": "${SF_CONSUMER_SECRET}",
+        "consumer_key": "${ACME_SF_CONSUMER_KEY}",
+        "consumer_secret": "${ACME_SF_CONSUMER_SECRET}",
     },
     "rate_limit_retry_after": 900,
 }
@@ -80,8 +80,8 @@ def sf_engine(
 ) -> tuple[Engine, ScriptedPlugin, FakeClock]:
     tenant = tenant_yaml("crm", "salesforce", **salesforce.options(**SALESFORCE_OPTIONS))
     env = {
-        "SF_CONSUMER_KEY": salesforce.consumer_key,
-        "SF_CONSUMER_SECRET": salesforce.consumer_secret,
+        "ACME_SF_CONSUMER_KEY": salesforce.consumer_key,
+        "ACME_SF_CONSUMER_SECRET": salesforce.consumer_secret,
     }
     return crm_engine(make_engine, tmp_path, tenant, env)
 
@@ -101,10 +101,10 @@ def zd_engine(
         "zendesk",
         **zendesk.options(),
         email=zendesk.email,
-        api_token="${ZENDESK_TOKEN}",
+        api_token="${ACME_ZENDESK_TOKEN}",
         custom_fields={"qa_score": QA_FIELD},
     )
-    return crm_engine(make_engine, tmp_path, tenant, {"ZENDESK_TOKEN": zendesk.token})
+    return crm_engine(make_engine, tmp_path, tenant, {"ACME_ZENDESK_TOKEN": zendesk.token})
 
 
 def accept_one(engine: Engine, event: Event) -> str:

@@ -58,7 +58,7 @@ def test_the_guide_example_plugin_loads_renders_and_delivers(
                 "10.20.0.0/16", "127.0.0.0/8"
             )
         )
-        tenant = load_tenant(tenant_file, manager.destination_types, {"CRM_TOKEN": "t0k"})
+        tenant = load_tenant(tenant_file, manager.destination_types, {"ACME_CRM_TOKEN": "t0k"})
         destination = tenant.destinations["notes"]
         event = make_event("call_summary")
         payload = manager.hooks.transform(event, destination)

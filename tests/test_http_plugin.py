@@ -132,10 +132,23 @@ def test_text_body_with_its_content_type() -> None:
     )
 
 
-def test_a_url_that_renders_to_a_non_http_scheme_is_a_template_error() -> None:
-    dest = destination("{{ call.externalId }}://x/")
+def test_a_url_with_a_non_http_scheme_is_a_template_error() -> None:
+    dest = destination("ftp://x/{{ call.externalId }}")
     with pytest.raises(cxbridge.TemplateRenderError, match="http:// or https://"):
         render(dest)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "{{ call.externalId }}://x/",
+        "https://{{ call.externalId }}.example.com/",
+        "http://h{{ call.id }}/",
+    ],
+)
+def test_the_scheme_and_host_of_a_url_cannot_come_from_data(url: str) -> None:
+    with pytest.raises(ValidationError, match="scheme and host of a url must be written out"):
+        destination(url)
 
 
 def test_other_destination_types_are_left_alone() -> None:

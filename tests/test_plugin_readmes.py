@@ -33,7 +33,7 @@ def _private_key() -> str:
 
 def _env_for(text: str) -> dict[str, str]:
     """A value for every ``${VAR}`` the example names; secrets and keys in the form they must have."""
-    special = {"SF_PRIVATE_KEY": _private_key}
+    special = {"ACME_SF_PRIVATE_KEY": _private_key}
     env = {}
     for name in ENV_REFERENCE.findall(text):
         if name in special:

@@ -24,6 +24,7 @@ def test_exported_names():
             "JsonTemplate",
             "RetryPolicy",
             "TextTemplate",
+            "UrlTemplate",
             "outcome_for_status",
             "parse_retry_after",
             "AllowNetworks",

@@ -35,7 +35,7 @@ from cxbridge.hookspecs import hookimpl
 from cxbridge.outbound import AllowNetworks, GuardedTransport, NetworkPolicy, guard_outcome
 from cxbridge.outcome import Delivery, Outcome, OutcomeKind, Payload
 from cxbridge.retry import RetryPolicy, outcome_for_status, parse_retry_after
-from cxbridge.templating import Condition, JsonTemplate, TextTemplate
+from cxbridge.templating import Condition, JsonTemplate, TextTemplate, UrlTemplate
 
 if TYPE_CHECKING:
     from cxbridge.outbound import GuardedSession
@@ -64,6 +64,7 @@ __all__ = [  # noqa: RUF022 - grouped by purpose, like dramatiq's
     "JsonTemplate",
     "RetryPolicy",
     "TextTemplate",
+    "UrlTemplate",
     "outcome_for_status",
     "parse_retry_after",
     # the outbound guard, for every connection a plugin opens

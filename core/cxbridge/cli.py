@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Mapping
@@ -148,10 +149,14 @@ def validate(path: Path | None) -> None:
     plugins = load_plugins(settings)
     try:
         if path is not None and path.is_file():
-            tenant = load_tenant(path, plugins.destination_types)
+            tenant = load_tenant(
+                path, plugins.destination_types, env_allow=settings.tenant_env_allow
+            )
             tenants = {tenant.name: tenant}
         else:
-            tenants = load_config_dir(settings.config_dir, plugins.destination_types)
+            tenants = load_config_dir(
+                settings.config_dir, plugins.destination_types, env_allow=settings.tenant_env_allow
+            )
     except ConfigError as exc:
         for problem in exc.problems:
             click.echo(str(problem), err=True)
@@ -175,7 +180,10 @@ def validate(path: Path | None) -> None:
 @config_option
 @click.argument("event_file", type=click.File("rb"))
 def render(tenant: str, destination: str, config: Path | None, event_file: Any) -> None:
-    """Print the exact body that DESTINATION would receive for the event in EVENT_FILE (- for stdin)."""
+    """Print the body that DESTINATION would receive for the event in EVENT_FILE (- for stdin).
+
+    Secrets are hidden: the value of every ${VAR} the tenant file reads shows as ${VAR}, other
+    secret options (signing secrets, tokens, passwords) as [redacted]."""
     from cxbridge.config import load_config_dir
     from cxbridge.events import parse_event
     from cxbridge.plugins import load_plugins
@@ -183,8 +191,10 @@ def render(tenant: str, destination: str, config: Path | None, event_file: Any) 
 
     settings = _settings(config)
     plugins = load_plugins(settings)
-    tenants = load_config_dir(settings.config_dir, plugins.destination_types)
-    event = parse_event(event_file.read())
+    tenants = load_config_dir(
+        settings.config_dir, plugins.destination_types, env_allow=settings.tenant_env_allow
+    )
+    event = parse_event(event_file.read(), max_bytes=settings.max_event_bytes)
     dest = _destination(tenants, tenant, destination)
     if not dest.accepts(event.type):
         click.echo(f"note: {destination} does not subscribe to {event.type}", err=True)
@@ -192,9 +202,42 @@ def render(tenant: str, destination: str, config: Path | None, event_file: Any) 
         payload = render_payload(plugins.hooks, event, dest)
     except CxbridgeError as exc:
         _fail(f"{tenant}/{destination}: {exc}")
+    secrets = _secret_values(tenants[tenant].env_names, dest.options)
     if payload.meta:
-        click.echo(f"# {json.dumps(payload.meta, sort_keys=True)}", err=True)
-    sys.stdout.buffer.write(payload.body + b"\n")
+        meta = json.dumps(payload.meta, sort_keys=True)
+        click.echo(f"# {_redact(meta.encode(), secrets).decode()}", err=True)
+    sys.stdout.buffer.write(_redact(payload.body, secrets) + b"\n")
+
+
+def _secret_values(env_names: frozenset[str], options: Any) -> dict[str, str]:
+    """What ``render`` hides, and what it shows instead: the value of every ``${VAR}`` the tenant
+    file read, and every secret field (``SecretStr``) of the destination's options."""
+    from pydantic import BaseModel, SecretStr
+
+    hidden = {os.environ[name]: f"${{{name}}}" for name in env_names if name in os.environ}
+    stack = [options]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, SecretStr):
+            hidden.setdefault(value.get_secret_value(), "[redacted]")
+        elif isinstance(value, BaseModel):
+            stack.extend(getattr(value, name) for name in type(value).model_fields)
+        elif isinstance(value, dict | list | tuple):
+            stack.extend(value.values() if isinstance(value, dict) else value)
+    return {secret: shown for secret, shown in hidden.items() if len(secret) >= 4}
+
+
+def _redact(text: bytes, secrets: dict[str, str]) -> bytes:
+    """``text`` with each secret replaced, as written and as JSON escapes it; longest first."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        shown = secrets[secret].encode()
+        for form in {
+            secret,
+            json.dumps(secret)[1:-1],
+            json.dumps(secret, ensure_ascii=False)[1:-1],
+        }:
+            text = text.replace(form.encode("utf-8", "surrogatepass"), shown)
+    return text
 
 
 @cli.command()
@@ -327,7 +370,11 @@ def enable(tenant: str, destination: str, config: Path | None) -> None:
     from cxbridge.plugins import load_plugins
 
     settings = _settings(config)
-    tenants = load_config_dir(settings.config_dir, load_plugins(settings).destination_types)
+    tenants = load_config_dir(
+        settings.config_dir,
+        load_plugins(settings).destination_types,
+        env_allow=settings.tenant_env_allow,
+    )
     _destination(tenants, tenant, destination)
     store = _store(settings)
     try:

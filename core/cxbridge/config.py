@@ -6,7 +6,8 @@ model::
 
     tenant: acme
     timezone: Europe/Berlin          # dates in templates render in this zone (default UTC)
-    api_keys: ["${ACME_API_KEY}"]    # ${VAR} is read from the environment at load time
+    api_keys: ["${ACME_API_KEY}"]    # ${VAR} is read from the environment at load time:
+                                     # ACME_* only, plus CXBRIDGE_TENANT_ENV_ALLOW
     retry: {window: 86400}           # tenant-wide retry defaults
     destinations:
       qa-webhook:
@@ -24,8 +25,9 @@ from __future__ import annotations
 import difflib
 import hashlib
 import os
+import re
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -39,9 +41,16 @@ from cxbridge.errors import ConfigError, ConfigProblem
 from cxbridge.events import EVENT_TYPES
 from cxbridge.retry import RetryPolicy
 from cxbridge.templating import Condition, JsonTemplate, TextTemplate, check_variables
-from cxbridge.yamlpos import Located, load_located
+from cxbridge.yamlpos import Located, Refusal, load_located, root_scalar
 
-__all__ = ["TenantConfig", "hash_api_key", "load_config_dir", "load_tenant", "tenant_json_schema"]
+__all__ = [
+    "TenantConfig",
+    "env_prefix",
+    "hash_api_key",
+    "load_config_dir",
+    "load_tenant",
+    "tenant_json_schema",
+]
 
 _M = TypeVar("_M", bound=BaseModel)
 CORE_DESTINATION_KEYS = ("type", "events", "when", "enabled", "retry", "ordered")
@@ -88,6 +97,8 @@ class TenantConfig:
     #: What loads but is probably a mistake (e.g. unsigned webhooks): plugins say so with
     #: ``warnings.warn`` while their options are validated.
     warnings: tuple[ConfigProblem, ...] = ()
+    #: The environment variables the file read (names only), e.g. to redact their values.
+    env_names: frozenset[str] = frozenset()
 
     def destinations_for(self, event_type: str) -> list[Destination]:
         return [d for d in self.destinations.values() if d.accepts(event_type)]
@@ -98,29 +109,59 @@ def hash_api_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def env_prefix(tenant: str) -> str:
+    """What the names of a tenant's environment variables start with: ``acme-eu`` → ``ACME_EU_``."""
+    return re.sub(r"[^A-Z0-9]", "_", tenant.upper()) + "_"
+
+
 def load_tenant(
     path: Path,
     destination_types: Mapping[str, DestinationType],
     env: Mapping[str, str] | None = None,
+    *,
+    env_allow: Collection[str] = (),
+    tenants: Collection[str] = (),
 ) -> TenantConfig:
-    """Load and validate one tenant file. Raises :class:`ConfigError` with every problem found."""
-    return _Loader(path, destination_types, os.environ if env is None else env).load()
+    """Load and validate one tenant file. Raises :class:`ConfigError` with every problem found.
+
+    ``${VAR}`` reads ``env`` (default: the process environment), scoped: tenant ``acme`` may read
+    only names that start with ``ACME_`` (:func:`env_prefix`) and the names in ``env_allow``
+    (``CXBRIDGE_TENANT_ENV_ALLOW``). Names under a longer prefix of another of ``tenants``
+    (``ACME_EU_…`` of tenant ``acme-eu``) are that tenant's own.
+    """
+    scope = _EnvScope(frozenset(env_allow), frozenset(tenants))
+    return _Loader(path, destination_types, os.environ if env is None else env, scope).load()
 
 
 def load_config_dir(
     directory: Path,
     destination_types: Mapping[str, DestinationType],
     env: Mapping[str, str] | None = None,
+    *,
+    env_allow: Collection[str] = (),
 ) -> dict[str, TenantConfig]:
-    """Load every ``*.yaml`` / ``*.yml`` file of ``directory``; problems of all files are reported together."""
+    """Load every ``*.yaml`` / ``*.yml`` file of ``directory``; problems of all files are reported
+    together. ``env`` and ``env_allow`` as in :func:`load_tenant`."""
     if not directory.is_dir():
         raise ConfigError([ConfigProblem(str(directory), 1, 1, "config directory does not exist")])
     tenants: dict[str, TenantConfig] = {}
     problems: list[ConfigProblem] = []
     files = sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")])
+    names = _declared_tenants(files)
+    by_prefix: dict[str, str] = {}
+    for file, name in names.items():
+        first = by_prefix.setdefault(env_prefix(name), name)
+        if first != name:
+            message = (
+                f"tenants {first!r} and {name!r} would both read environment variables "
+                f"{env_prefix(name)}*; rename one of them"
+            )
+            problems.append(ConfigProblem(str(file), 1, 1, message))
     for path in files:
         try:
-            tenant = load_tenant(path, destination_types, env)
+            tenant = load_tenant(
+                path, destination_types, env, env_allow=env_allow, tenants=set(names.values())
+            )
         except ConfigError as exc:
             problems.extend(exc.problems)
             continue
@@ -135,13 +176,70 @@ def load_config_dir(
     return tenants
 
 
+def _declared_tenants(files: list[Path]) -> dict[Path, str]:
+    """The tenant name each file declares, read ahead (a broken file is reported when loaded)."""
+    names: dict[Path, str] = {}
+    for path in files:
+        try:
+            name = root_scalar(path.read_text(encoding="utf-8"), "tenant")
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        if name:
+            names[path] = name
+    return names
+
+
+@dataclass(frozen=True)
+class _EnvScope:
+    """Which environment variables a tenant file may read: see :func:`load_tenant`."""
+
+    allow: frozenset[str]
+    tenants: frozenset[str]
+
+    def refusal(self, tenant: str | None) -> Refusal:
+        own = env_prefix(tenant or "")
+        others = sorted(
+            ((env_prefix(t), t) for t in self.tenants if t != tenant),
+            key=lambda item: -len(item[0]),
+        )
+
+        def refuse(name: str) -> str | None:
+            if name in self.allow:
+                return None
+            if not tenant:
+                return (
+                    f"environment variable {name} cannot be read: a file that names no tenant "
+                    "may read only the variables listed in CXBRIDGE_TENANT_ENV_ALLOW"
+                )
+            if not name.startswith(own):
+                return (
+                    f"environment variable {name} is not this tenant's: tenant {tenant!r} may read "
+                    f"only names starting with {own} and those listed in "
+                    "CXBRIDGE_TENANT_ENV_ALLOW; rename the variable or add it to that setting"
+                )
+            for prefix, other in others:
+                if len(prefix) > len(own) and name.startswith(prefix):
+                    return (
+                        f"environment variable {name} belongs to tenant {other!r} (its variables "
+                        f"start with {prefix}); tenant {tenant!r} may not read it"
+                    )
+            return None
+
+        return refuse
+
+
 class _Loader:
     def __init__(
-        self, path: Path, types: Mapping[str, DestinationType], env: Mapping[str, str]
+        self,
+        path: Path,
+        types: Mapping[str, DestinationType],
+        env: Mapping[str, str],
+        scope: _EnvScope,
     ) -> None:
         self.path = path
         self.types = types
         self.env = env
+        self.scope = scope
         self.problems: list[ConfigProblem] = []
         self.warnings: list[ConfigProblem] = []
         self.doc = Located(None)
@@ -152,7 +250,9 @@ class _Loader:
 
     def load(self) -> TenantConfig:
         try:
-            self.doc = load_located(self.path.read_text(encoding="utf-8"), self.env)
+            text = self.path.read_text(encoding="utf-8")
+            refuse = self.scope.refusal(root_scalar(text, "tenant"))
+            self.doc = load_located(text, self.env, refuse)
         except OSError as exc:
             raise ConfigError(
                 [ConfigProblem(str(self.path), 1, 1, f"cannot read: {exc}")]
@@ -191,6 +291,7 @@ class _Loader:
             ),
             destinations=destinations,
             warnings=tuple(self.warnings),
+            env_names=frozenset(self.doc.references),
         )
 
     def _check_timezone(self, name: str) -> str:

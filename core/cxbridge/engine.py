@@ -79,7 +79,11 @@ class Engine:
         self.tenants = (
             tenants
             if tenants is not None
-            else load_config_dir(self.settings.config_dir, self.plugins.destination_types)
+            else load_config_dir(
+                self.settings.config_dir,
+                self.plugins.destination_types,
+                env_allow=self.settings.tenant_env_allow,
+            )
         )
         self.store = store or Store(self.settings.database_url, clock=self.clock)
         self.store.migrate()

@@ -3,11 +3,16 @@
 Wire names are camelCase (``call.externalId``, ``ai.summary``, ``qi.score``) because templates are written
 against the wire shape. Unknown fields are kept so that a newer platform can add fields without breaking an
 older bridge; a wrong type is refused with the path of the field.
+
+What cannot be stored or sent is refused too, with the path where it is: text with a lone surrogate
+(``"\\ud800"``: not encodable as UTF-8), nesting deeper than :data:`MAX_EVENT_DEPTH`, and (in
+:func:`parse_event`) an event over ``max_bytes`` (setting ``CXBRIDGE_MAX_EVENT_BYTES``).
 """
 
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, tzinfo
 from types import UnionType
@@ -20,13 +25,17 @@ from pydantic import (
     Field,
     TypeAdapter,
     ValidationError,
+    model_validator,
 )
 from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
 
 from cxbridge.errors import EventValidationError
 
 __all__ = [
     "EVENT_TYPES",
+    "MAX_EVENT_BYTES",
+    "MAX_EVENT_DEPTH",
     "ActionItem",
     "Agent",
     "AiOutcome",
@@ -45,6 +54,74 @@ __all__ = [
     "event_json_schema",
     "parse_event",
 ]
+
+
+MAX_EVENT_BYTES = 256 * 1024
+"""Default cap on an event's JSON in bytes, as received (a mapping: as stored); setting
+``CXBRIDGE_MAX_EVENT_BYTES``."""
+MAX_EVENT_DEPTH = 32
+"""Most levels of objects and lists in one event, counted from the envelope (``call.agent`` is 2)."""
+_LIMIT_ERROR = "event_limit"
+
+
+def _unsendable(data: Any) -> tuple[tuple[str | int, ...], str] | None:
+    """The first place in raw event data that cannot be stored or sent, as (path, reason).
+
+    Iterative, so that no nesting depth can overflow the stack while looking; paths are built only
+    once something is found (the common case, nothing, costs a few microseconds).
+    """
+    if _fits(data):
+        return None
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(data, ())]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, str):
+            if _SURROGATE.search(value):
+                return path, "text holds a lone surrogate (not valid Unicode)"
+            continue
+        if isinstance(value, dict | list | tuple):
+            if len(path) >= MAX_EVENT_DEPTH:
+                return path, f"nested deeper than {MAX_EVENT_DEPTH} levels"
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                if isinstance(key, str) and _SURROGATE.search(key):
+                    return (*path, key), "field name holds a lone surrogate"
+                stack.append((item, (*path, key)))
+    return None
+
+
+def _fits(data: Any) -> bool:
+    """Whether ``data`` has no lone surrogate and no nesting over MAX_EVENT_DEPTH (no paths)."""
+    stack: list[tuple[Any, int]] = [(data, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            if not value.isascii() and _SURROGATE.search(value):
+                return False
+        elif isinstance(value, dict):
+            if depth >= MAX_EVENT_DEPTH:
+                return False
+            for key, item in value.items():
+                if isinstance(key, str) and not key.isascii() and _SURROGATE.search(key):
+                    return False
+                stack.append((item, depth + 1))
+        elif isinstance(value, list | tuple):
+            if depth >= MAX_EVENT_DEPTH:
+                return False
+            stack.extend((item, depth + 1) for item in value)
+    return True
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _dotted(path: tuple[str | int, ...]) -> str:
+    return _printable(".".join(str(p) for p in path)) or "(event)"
+
+
+def _printable(text: str) -> str:
+    """``text`` with lone surrogates written as ``\\udXXX``, so that messages can be printed."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class _Wire(BaseModel):
@@ -137,6 +214,16 @@ class _Envelope(_Wire):
     version: int = Field(default=1, ge=1)
     occurred_at: AwareDatetime
     tenant: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: Any) -> Any:
+        problem = _unsendable(data)
+        if problem is not None:
+            path, reason = problem
+            context = {"where": _dotted(path), "steps": list(path), "reason": reason}
+            raise PydanticCustomError(_LIMIT_ERROR, "{where}: {reason}", context)
+        return data
 
     def template_context(self, timezone: str = "UTC") -> dict[str, Any]:
         """The event as templates see it: its wire shape, plus ``event`` for the envelope alone.
@@ -242,22 +329,50 @@ EVENT_TYPES: dict[str, type[_Envelope]] = {
 _event_adapter: TypeAdapter[Event] = TypeAdapter(Event)
 
 
-def parse_event(data: dict[str, Any] | bytes | str) -> Event:
+def parse_event(data: dict[str, Any] | bytes | str, *, max_bytes: int = MAX_EVENT_BYTES) -> Event:
     """Validate one event from its wire form (a mapping or JSON text).
 
     Raises :class:`~cxbridge.errors.EventValidationError` listing every problem with its field path,
-    e.g. ``qi.score: Input should be less than or equal to 100``.
+    e.g. ``qi.score: Input should be less than or equal to 100``. Refused as well: JSON text over
+    ``max_bytes`` (UTF-8) before it is parsed, a mapping whose stored JSON would be over
+    ``max_bytes``, text with lone surrogates and nesting deeper than :data:`MAX_EVENT_DEPTH`.
     """
+    event_id = data.get("id") if isinstance(data, dict) else None
+    event_id = _printable(event_id[:200]) if isinstance(event_id, str) else None
+    if isinstance(data, str):
+        data = data.encode("utf-8", "surrogatepass")  # a lone surrogate then fails as bad UTF-8
+    if isinstance(data, bytes) and len(data) > max_bytes:  # refused before parsing
+        raise EventValidationError([("(event)", _too_large(len(data), max_bytes))])
     try:
-        if isinstance(data, bytes | str):
-            return _event_adapter.validate_json(data)
-        return _event_adapter.validate_python(data)
+        if isinstance(data, bytes):
+            event = _event_adapter.validate_json(data)
+        else:
+            event = _event_adapter.validate_python(data)
     except ValidationError as exc:
-        problems = [
-            (".".join(str(p) for p in err["loc"]) or "(event)", err["msg"]) for err in exc.errors()
-        ]
-        event_id = data.get("id") if isinstance(data, dict) else None
+        problems = [_problem(err) for err in exc.errors()]
         raise EventValidationError(problems, event_id=event_id) from None
+    if not isinstance(data, bytes):  # a mapping: measured as the JSON it is stored as
+        size = len(event.model_dump_json(by_alias=True))
+        if size > max_bytes:
+            raise EventValidationError(
+                [("(event)", _too_large(size, max_bytes))], event_id=event.id
+            )
+    return event
+
+
+def _problem(err: Any) -> tuple[str, str]:
+    """One pydantic error as (field path, message); a storage limit adds the path inside the
+    event that it found."""
+    if err["type"] == _LIMIT_ERROR:
+        return _dotted((*err["loc"], *err["ctx"]["steps"])), err["ctx"]["reason"]
+    return _dotted(tuple(err["loc"])), err["msg"]
+
+
+def _too_large(size: int, limit: int) -> str:
+    return (
+        f"the event is {size:,} bytes of JSON, over the limit of {limit:,}; send less text or "
+        "raise CXBRIDGE_MAX_EVENT_BYTES"
+    )
 
 
 def event_json_schema() -> dict[str, Any]:

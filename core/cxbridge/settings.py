@@ -8,6 +8,8 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from cxbridge.events import MAX_EVENT_BYTES
+
 __all__ = ["Settings"]
 
 
@@ -53,8 +55,18 @@ class Settings(BaseSettings):
         description="Retry waits up to this go to the broker as a delay; longer ones wait in the store.",
     )
     log_format: str = Field("auto", pattern="^(auto|json|text)$")
+    max_event_bytes: int = Field(
+        MAX_EVENT_BYTES,
+        ge=1024,
+        description="Largest event accepted, in bytes of its JSON as received (a mapping: as stored).",
+    )
+    tenant_env_allow: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated environment variables every tenant file may read, besides "
+        "its own (named after the tenant: ACME_... for tenant acme).",
+    )
 
-    @field_validator("plugins_allow", "plugins_deny", mode="before")
+    @field_validator("plugins_allow", "plugins_deny", "tenant_env_allow", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["Located", "Position", "load_located"]
+__all__ = ["Located", "Position", "Refusal", "load_located", "root_scalar"]
 
 Path = tuple[str | int, ...]
 _ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -32,6 +32,8 @@ class Located:
     values: dict[Path, Position] = field(default_factory=dict)
     keys: dict[Path, Position] = field(default_factory=dict)
     problems: list[tuple[Position, str]] = field(default_factory=list)
+    references: set[str] = field(default_factory=set)
+    """Names of the ``${VAR}`` references that were substituted (names only, never values)."""
 
     def position(self, path: Path, *, key: bool = False) -> Position:
         """Where ``path`` is, or its nearest ancestor that exists (a missing key points at its parent)."""
@@ -58,18 +60,40 @@ class Located:
         return Position(start.line + line - 1, column or 1)
 
 
-def load_located(text: str, env: Mapping[str, str]) -> Located:
+Refusal = Callable[[str], str | None]
+"""Why a variable may not be read here (a message), or None if it may."""
+
+
+def load_located(text: str, env: Mapping[str, str], refuse: Refusal | None = None) -> Located:
     """Parse YAML ``text``; ``${VAR}`` in strings is replaced from ``env`` (``$$`` is a literal ``$``).
 
-    A missing variable, or a duplicate key, is recorded in ``problems`` rather than raised, so that every
-    problem of a file can be reported at once. YAML syntax errors raise :class:`yaml.YAMLError`.
+    A missing variable, one that ``refuse`` refuses, or a duplicate key is recorded in ``problems``
+    rather than raised, so that every problem of a file can be reported at once. YAML syntax errors
+    raise :class:`yaml.YAMLError`.
     """
     node = yaml.compose(text, Loader=yaml.SafeLoader)
     located = Located(None)
     if node is not None:
         constructor = yaml.SafeLoader("")
-        located.data = _build(node, (), located, env, constructor.construct_object)
+        scope = _Scope(env, refuse or (lambda name: None))
+        located.data = _build(node, (), located, scope, constructor.construct_object)
     return located
+
+
+def root_scalar(text: str, key: str) -> str | None:
+    """The plain text of ``key`` in the top-level mapping of YAML ``text``, if it is a scalar."""
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            if key_node.value == key and isinstance(value_node, yaml.ScalarNode):
+                return str(value_node.value)
+    return None
+
+
+@dataclass(frozen=True)
+class _Scope:
+    env: Mapping[str, str]
+    refuse: Refusal
 
 
 def _pos(node: yaml.Node) -> Position:
@@ -81,7 +105,7 @@ def _build(
     node: yaml.Node,
     path: Path,
     located: Located,
-    env: Mapping[str, str],
+    scope: _Scope,
     construct: Callable[[yaml.Node], Any],
 ) -> Any:
     located.values[path] = _pos(node)
@@ -95,35 +119,41 @@ def _build(
             if key in result:
                 located.problems.append((_pos(key_node), f"duplicate key {key!r}"))
             located.keys[child] = _pos(key_node)
-            result[key] = _build(value_node, child, located, env, construct)
+            result[key] = _build(value_node, child, located, scope, construct)
         return result
     if isinstance(node, yaml.SequenceNode):
         return [
-            _build(item, (*path, index), located, env, construct)
+            _build(item, (*path, index), located, scope, construct)
             for index, item in enumerate(node.value)
         ]
     value = construct(node)
     if isinstance(value, str) and "$" in value:
-        value = _substitute(value, _pos(node), located, env)
+        value = _substitute(value, _pos(node), located, scope)
     return value
 
 
-def _substitute(value: str, position: Position, located: Located, env: Mapping[str, str]) -> str:
+def _substitute(value: str, position: Position, located: Located, scope: _Scope) -> str:
     quote = 1 if position.style in ('"', "'") else 0
 
     def replace(match: re.Match[str]) -> str:
         name = match.group(1)
         if name is None:
             return "$"
-        if name not in env:
+        where = Position(position.line, position.column + quote + match.start())
+        refusal = scope.refuse(name)
+        if refusal is not None:
+            located.problems.append((where, refusal))
+            return ""
+        if name not in scope.env:
             located.problems.append(
                 (
-                    Position(position.line, position.column + quote + match.start()),
+                    where,
                     f"environment variable {name} is not set (referenced as ${{{name}}}); set it "
                     "or remove the reference",
                 )
             )
             return ""
-        return env[name]
+        located.references.add(name)
+        return scope.env[name]
 
     return _ENV_REF.sub(replace, value)

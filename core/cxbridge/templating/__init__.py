@@ -2,7 +2,8 @@
 
 Three kinds of template, each compiled once (at config load) and rendered many times:
 
-* :class:`TextTemplate` - plain text: URLs, headers, text bodies.
+* :class:`TextTemplate` - plain text: headers, text bodies.
+* :class:`UrlTemplate` - a URL: static scheme and host, every value percent-encoded for its place.
 * :class:`JsonTemplate` - a JSON/YAML document whose string leaves (and, optionally, keys) are
   Liquid. A leaf that is exactly one output statement, ``"{{ qi.score }}"``, keeps the value's type
   (number, bool, null, list, object); any other leaf renders to a string. The JSON encoder does all
@@ -18,7 +19,8 @@ The package's modules, one job each: ``_limits`` (caps and per-render state), ``
 guards, ``date``, ``json``), ``_environment`` (the Liquid environment, one render), ``_source``
 (positions, error conversion), ``_compile`` (compile-time checks), ``_variables`` (variable
 analysis, :func:`check_variables`), ``_pydantic`` (pydantic fields), ``_templates``
-(:class:`TextTemplate`, :class:`Condition`) and ``_document`` (:class:`JsonTemplate`).
+(:class:`TextTemplate`, :class:`Condition`), ``_url`` (:class:`UrlTemplate`) and ``_document``
+(:class:`JsonTemplate`).
 """
 
 from __future__ import annotations
@@ -31,9 +33,11 @@ from cxbridge.templating._limits import (
     MAX_LOOP_ITERATIONS,
     MAX_OUTPUT,
     MAX_STRING,
+    MAX_URL,
     zone,
 )
 from cxbridge.templating._templates import Condition, TextTemplate
+from cxbridge.templating._url import UrlTemplate
 from cxbridge.templating._variables import VariableRef, check_variables
 
 __all__ = [
@@ -43,9 +47,11 @@ __all__ = [
     "MAX_LOOP_ITERATIONS",
     "MAX_OUTPUT",
     "MAX_STRING",
+    "MAX_URL",
     "Condition",
     "JsonTemplate",
     "TextTemplate",
+    "UrlTemplate",
     "VariableRef",
     "check_variables",
     "zone",

@@ -41,6 +41,18 @@ def _filters_of(expr: Expression) -> Iterator[Filter]:
         yield from expr.tail_filters
 
 
+# Filters whose Python signature has a default where leaving the argument out silently loses text
+# (`truncate` cuts at 50 characters, `replace: 'a'` deletes every 'a'): their arguments are
+# required, with what to write instead.
+_REQUIRED_ARGS = {
+    "truncate": (1, "`| truncate: 50`"),
+    "truncatewords": (1, "`| truncatewords: 15`"),
+    "replace": (2, "`| replace: 'old', 'new'` (`| remove: 'old'` deletes)"),
+    "replace_first": (2, "`| replace_first: 'old', 'new'` (`| remove_first: 'old'` deletes)"),
+    "replace_last": (2, "`| replace_last: 'old', 'new'` (`| remove_last: 'old'` deletes)"),
+}
+
+
 @functools.cache
 def _signature(name: str) -> inspect.Signature:
     return inspect.signature(_ENV.filters[name])
@@ -55,6 +67,12 @@ def _check_filter(flt: Filter) -> str | None:
         return f"unknown filter '{flt.name}'{hint}"
     sig = _signature(flt.name)
     positional = [None for arg in flt.args if not isinstance(arg, KeywordArgument)]
+    required, example = _REQUIRED_ARGS.get(flt.name, (0, ""))
+    if len(positional) < required:
+        return (
+            f"filter '{flt.name}' takes at least {required} argument{'s' if required > 1 else ''}, "
+            f"got {len(positional)}: write {example}"
+        )
     keywords: dict[str, object] = {
         arg.name: None for arg in flt.args if isinstance(arg, KeywordArgument)
     }

@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import math
 from collections.abc import Mapping
+from json.encoder import encode_basestring
 from typing import Any, ClassVar
 
 from liquid.builtin.content import ContentNode
@@ -14,9 +15,10 @@ from liquid.builtin.output import OutputNode
 from liquid.exceptions import LiquidError
 from liquid.expression import Expression
 
-from cxbridge.errors import TemplateSyntaxError
+from cxbridge.errors import TemplateRenderError, TemplateSyntaxError
 from cxbridge.templating._environment import _Render
 from cxbridge.templating._filters import _to_json
+from cxbridge.templating._limits import MAX_OUTPUT
 from cxbridge.templating._pydantic import _PydanticTemplate
 from cxbridge.templating._source import Leaf
 from cxbridge.templating._templates import TextTemplate
@@ -49,9 +51,12 @@ class _Typed:
 
     def render(self, run: _Render) -> Any:
         try:
-            return _to_json(self.expression.evaluate(run.context), self.src)
+            value = _to_json(self.expression.evaluate(run.context), self.src)
+            # The value is written as it is, not through an output buffer: count it here.
+            run.spend(_json_length(value, run.remaining))
         except (LiquidError, ArithmeticError, ValueError, TypeError) as err:
             raise self.src.render_error(err) from None
+        return value
 
 
 class _Text:
@@ -82,6 +87,28 @@ class _Dict:
 
     def render(self, run: _Render) -> Any:
         return {key.render(run): value.render(run) for key, value in self.items}
+
+
+def _json_length(value: Any, limit: int) -> int:
+    """Characters of ``value`` as compact JSON, counted only until they pass ``limit``: a typed
+    leaf may hold one large string many times over, and counting must not cost what writing it
+    would."""
+    total = 0
+    stack = [value]
+    while stack and total <= limit:
+        item = stack.pop()
+        if isinstance(item, str):
+            total += len(encode_basestring(item))
+        elif isinstance(item, dict):
+            total += 2 + max(len(item) - 1, 0) + len(item)  # braces, commas, colons
+            total += sum(len(encode_basestring(key)) for key in item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            total += 2 + max(len(item) - 1, 0)
+            stack.extend(item)
+        else:
+            total += len(json.dumps(item))
+    return total
 
 
 def _is_template(text: str) -> bool:
@@ -194,10 +221,19 @@ class JsonTemplate(_PydanticTemplate):
             run.close()
 
     def render_bytes(self, context: Mapping[str, Any], *, timezone: str = "UTC") -> bytes:
-        """Render to compact JSON, UTF-8. U+2028/U+2029 are escaped so the body is also valid JS."""
+        """Render to compact JSON, UTF-8. U+2028/U+2029 are escaped so the body is also valid JS.
+
+        The JSON text, every leaf counted (typed ones too, static ones too), is at most
+        :data:`MAX_OUTPUT` characters; over that, :class:`~cxbridge.errors.TemplateRenderError`.
+        """
         text = _json_encoder.encode(self.render(context, timezone=timezone))
         if "\u2028" in text or "\u2029" in text:
             text = text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+        if len(text) > MAX_OUTPUT:
+            raise TemplateRenderError(
+                f"resource limit: output limit reached ({MAX_OUTPUT:,} characters per render): "
+                f"the body is {len(text):,} characters of JSON"
+            )
         return text.encode()
 
     def variables(self) -> list[VariableRef]:

@@ -4,12 +4,12 @@ capped ranges, loop and output limits), and one render's context on it."""
 from __future__ import annotations
 
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from liquid import BoundTemplate, Environment, FalsyStrictUndefined, Mode, RenderContext
 from liquid.builtin.expressions.primitive import RangeLiteral
-from liquid.exceptions import LiquidError, LiquidInterrupt, ResourceLimitError
+from liquid.exceptions import LiquidError, LiquidInterrupt, OutputStreamLimitError
 from liquid.output import LimitedStringIO
 
 from cxbridge.errors import TemplateRenderError
@@ -27,6 +27,8 @@ from cxbridge.templating._limits import (
 )
 
 if typing.TYPE_CHECKING:
+    from liquid.ast import Node
+
     from cxbridge.templating._source import _Source
 
 __all__ = ["_ANCHOR", "_ENV", "_CappedRange", "_Render"]
@@ -77,6 +79,12 @@ class _Context(RenderContext):
             )
 
 
+def _output_limit() -> OutputStreamLimitError:
+    return OutputStreamLimitError(
+        f"output limit reached ({MAX_OUTPUT:,} characters per render)", token=None
+    )
+
+
 class _Buffer(LimitedStringIO):
     """Output buffer counting characters (cheaper than liquid's UTF-8 byte count)."""
 
@@ -84,9 +92,7 @@ class _Buffer(LimitedStringIO):
         if s:
             self.size += len(s)
             if self.size > self.limit:
-                raise ResourceLimitError(
-                    f"output limit reached ({MAX_OUTPUT:,} characters per render)", token=None
-                )
+                raise _output_limit()
         return super(LimitedStringIO, self).write(s)
 
 
@@ -134,9 +140,13 @@ class _Render:
         _STATE.reset(self.token)
 
     def text(self, template: BoundTemplate) -> str:
+        return self.write(template.nodes)
+
+    def write(self, nodes: Sequence[Node]) -> str:
+        """Render ``nodes`` (a template's, or some of them) to text, within the output budget."""
         ctx = self.context
         buf = _Buffer(self.remaining)
-        for node in template.nodes:
+        for node in nodes:
             try:
                 node.render(ctx, buf)
             except LiquidError as err:
@@ -151,3 +161,9 @@ class _Render:
             ctx.locals.clear()
         self.remaining -= buf.size
         return buf.getvalue()
+
+    def spend(self, size: int) -> None:
+        """Count ``size`` characters written outside a buffer (a typed leaf's value as JSON)."""
+        self.remaining -= size
+        if self.remaining < 0:
+            raise _output_limit()

@@ -17,6 +17,7 @@ __all__ = [
     "MAX_LOOP_ITERATIONS",
     "MAX_OUTPUT",
     "MAX_STRING",
+    "MAX_URL",
     "_MAX_DATE_FORMAT",
     "_MAX_LOCALS",
     "_STATE",
@@ -43,6 +44,9 @@ MAX_FILTER_WORK = 16 << 20
 """Most characters / items all filters of one render may consume and produce together."""
 MAX_INT_BITS = 256
 """Largest integer (in bits) a filter may produce: stops ``times`` squaring bombs."""
+MAX_URL = 8 * 1024
+"""Longest URL (characters, once encoded) a :class:`UrlTemplate` renders; servers commonly refuse
+longer request lines (HTTP 414), HTTP clients refuse them outright."""
 _MAX_DATE_FORMAT = 200
 _MAX_LOCALS = 4 << 20
 

@@ -34,10 +34,11 @@ from pydantic import (
 
 from cxbridge import AllowNetworks, ConfigWarning
 from cxbridge.signing import parse_secret
-from cxbridge.templating import JsonTemplate, TextTemplate
+from cxbridge.templating import JsonTemplate, TextTemplate, UrlTemplate
 
 __all__ = [
     "AUTH_TYPES",
+    "MAX_HEADER_VALUE",
     "Auth",
     "BasicAuth",
     "BearerAuth",
@@ -47,6 +48,8 @@ __all__ = [
     "OAuth2Auth",
     "SigningSecret",
     "Timeout",
+    "header_value_problem",
+    "is_template",
 ]
 
 # Errors never echo what was typed: these models hold secrets.
@@ -71,6 +74,38 @@ RESERVED_HEADERS = frozenset(
         "idempotency-key",
     }
 )
+
+
+# What HTTP/1.1 can carry in a header value as text: visible ASCII, space and tab. Other
+# characters (é, U+2028) cannot be encoded by the client, CR/LF would split the header.
+_SENDABLE = re.compile(r"[^\t\x20-\x7e]")
+
+
+# Longest header value sent: servers commonly refuse longer header lines (HTTP 431).
+MAX_HEADER_VALUE = 8 * 1024
+
+
+def header_value_problem(value: str) -> str | None:
+    """Why ``value`` cannot be sent as a header value, or None. Refused rather than encoded: a
+    receiver could not tell an encoding we chose from the data."""
+    if len(value) > MAX_HEADER_VALUE:
+        return (
+            f"{len(value):,} characters is over the limit of {MAX_HEADER_VALUE:,} for a header; "
+            "put long values in the body"
+        )
+    bad = _SENDABLE.search(value)
+    if bad is None:
+        return None
+    char = bad.group()
+    return (
+        f"character {char!r} (U+{ord(char):04X}) at position {bad.start() + 1} cannot be sent in "
+        "a header (only printable ASCII can); encode it, e.g. `| url_encode` or `| base64_encode`"
+    )
+
+
+def is_template(source: str) -> bool:
+    """Whether a string option is a Liquid template (rendered per event) or a fixed value."""
+    return "{{" in source or "{%" in source
 
 
 class SigningSecret(BaseModel):
@@ -109,6 +144,13 @@ class BearerAuth(BaseModel):
     model_config = _CONFIG
     type: Literal["bearer"]
     token: SecretStr = Field(min_length=1)
+
+    @field_validator("token")
+    @classmethod
+    def _sendable(cls, value: SecretStr) -> SecretStr:
+        if header_value_problem(value.get_secret_value()):
+            raise ValueError("token must be printable ASCII, as it is sent in a header")
+        return value
 
 
 class BasicAuth(BaseModel):
@@ -175,7 +217,10 @@ class HttpOptions(BaseModel):
 
     model_config = _CONFIG
 
-    url: TextTemplate = Field(description="Liquid template of the URL (http or https).")
+    url: UrlTemplate = Field(
+        description="Liquid template of the URL (http or https): the scheme and host are written "
+        "out, values from the event are percent-encoded."
+    )
     method: Literal["POST", "PUT", "PATCH"] = "POST"
     headers: dict[str, TextTemplate] = Field(
         default_factory=dict,
@@ -215,7 +260,10 @@ class HttpOptions(BaseModel):
     @field_validator("headers")
     @classmethod
     def _header_names(cls, value: dict[str, TextTemplate]) -> dict[str, TextTemplate]:
-        for name in value:
+        for name, template in value.items():
+            problem = header_value_problem(template.source)
+            if problem and not is_template(template.source):
+                raise ValueError(f"header {name}: {problem}")
             if not _TOKEN.match(name):
                 raise ValueError(f"{name!r} is not a valid header name")
             if name.lower() in RESERVED_HEADERS:
@@ -228,8 +276,8 @@ class HttpOptions(BaseModel):
     @field_validator("content_type")
     @classmethod
     def _content_type(cls, value: str | None) -> str | None:
-        if value is not None and (not value.strip() or any(c in value for c in "\r\n")):
-            raise ValueError("content_type must be a single non-empty line")
+        if value is not None and (not value.strip() or header_value_problem(value)):
+            raise ValueError("content_type must be a single non-empty line of printable ASCII")
         return value
 
     @model_validator(mode="after")

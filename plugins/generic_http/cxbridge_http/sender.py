@@ -28,7 +28,7 @@ from cxbridge import (
 from cxbridge.signing import sign
 from cxbridge_http.auth import AuthFailed, TokenCache, secret_values, static_auth_header
 from cxbridge_http.client import ClientCache, GuardedClient, SentResponse
-from cxbridge_http.options import HttpOptions, OAuth2Auth
+from cxbridge_http.options import HttpOptions, OAuth2Auth, header_value_problem, is_template
 
 __all__ = ["Sender", "render_payload"]
 
@@ -37,10 +37,6 @@ log = logging.getLogger("cxbridge_http")
 JSON = "application/json"
 TEXT = "text/plain; charset=utf-8"
 REDACTED = "[redacted]"
-
-
-def _is_template(source: str) -> bool:
-    return "{{" in source or "{%" in source
 
 
 def render_payload(event: Event, destination: Destination) -> Payload:
@@ -83,11 +79,12 @@ def render_payload(event: Event, destination: Destination) -> Payload:
     # options at send time and never lands in the store.
     headers: dict[str, str] = {}
     for name, template in options.headers.items():
-        if not _is_template(template.source):
+        if not is_template(template.source):
             continue
         value = template.render(context, timezone=tz).strip()
-        if any(c in value for c in "\r\n\x00"):
-            raise problem(f"header {name} renders to a value with a line break")
+        reason = header_value_problem(value)
+        if reason:
+            raise problem(f"header {name} renders to a value that cannot be sent: {reason}")
         headers[name] = value
     meta: dict[str, Any] = {"url": url, "method": options.method, "headers": headers}
     return Payload(body=body, content_type=content_type, meta=meta)
@@ -204,9 +201,13 @@ class Sender:
         headers: dict[str, str] = {
             name: template.source
             for name, template in options.headers.items()
-            if not _is_template(template.source)
+            if not is_template(template.source)
         }
         headers.update(payload.meta.get("headers") or {})
+        for name, value in headers.items():  # a payload stored before this check existed
+            reason = header_value_problem(value)
+            if reason:
+                return Outcome.permanent(f"header {name} cannot be sent: {reason}")
         headers["Content-Type"] = payload.content_type
         headers["X-CXMind-Event"] = delivery.event_type
         headers["X-CXMind-Attempt"] = str(delivery.attempt)
