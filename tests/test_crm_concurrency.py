@@ -19,14 +19,13 @@ from cxbridge.plugins import PluginManager
 from tests.engine_support import MakeEngine
 from tests.fakes.salesforce import FakeSalesforce
 from tests.fakes.zendesk import FakeZendesk
-from tests.test_crm_engine import (  # noqa: F401 - fixtures
-    SALESFORCE_OPTIONS,
+from tests.test_crm_engine import (  # noqa: F401 - salesforce and zendesk are fixtures
     salesforce,
-    tenant_yaml,
+    salesforce_tenant,
     zendesk,
+    zendesk_tenant,
 )
 from tests.test_engine_brokers import running_engine, wait_until_settled
-from tests.test_zendesk import QA_FIELD
 
 CALLS, CALLERS, THREADS = 125, 25, 8
 KINDS = ("call_create", "call_outcome", "call_summary", "quality_score")
@@ -105,15 +104,7 @@ def test_zendesk_gets_one_ticket_per_call_and_one_user_per_caller(
     tmp_path: Path,
     zendesk: FakeZendesk,  # noqa: F811 - the fixture imported above
 ) -> None:
-    tenant = tenant_yaml(
-        "helpdesk",
-        "zendesk",
-        **zendesk.options(),
-        email=zendesk.email,
-        api_token="${ZENDESK_TOKEN}",
-        custom_fields={"qa_score": QA_FIELD},
-    )
-    engine = run_through_a_worker(make_engine, tmp_path, tenant, {"ZENDESK_TOKEN": zendesk.token})
+    engine = run_through_a_worker(make_engine, tmp_path, *zendesk_tenant(zendesk))
 
     per_call = Counter(t["external_id"] for t in zendesk.tickets.values())
     print(
@@ -134,12 +125,7 @@ def test_salesforce_gets_one_task_per_call_without_upsert_races(
     tmp_path: Path,
     salesforce: FakeSalesforce,  # noqa: F811 - the fixture imported above
 ) -> None:
-    tenant = tenant_yaml("crm", "salesforce", **salesforce.options(**SALESFORCE_OPTIONS))
-    env = {
-        "SF_CONSUMER_KEY": salesforce.consumer_key,
-        "SF_CONSUMER_SECRET": salesforce.consumer_secret,
-    }
-    engine = run_through_a_worker(make_engine, tmp_path, tenant, env)
+    engine = run_through_a_worker(make_engine, tmp_path, *salesforce_tenant(salesforce))
 
     tasks = Counter(t["CXMind_Call_Id__c"] for t in salesforce.records["Task"].values())
     print(f"\nsalesforce: {sum(tasks.values())} tasks, {salesforce.count()} requests")

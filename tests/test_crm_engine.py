@@ -74,16 +74,34 @@ def salesforce() -> Iterator[FakeSalesforce]:
             cxbridge_salesforce.reset_clients()
 
 
-@pytest.fixture
-def sf_engine(
-    make_engine: MakeEngine, tmp_path: Path, salesforce: FakeSalesforce
-) -> tuple[Engine, ScriptedPlugin, FakeClock]:
+def salesforce_tenant(salesforce: FakeSalesforce) -> tuple[str, dict[str, str]]:
+    """A tenant file with one Salesforce destination ``crm`` on the fake, and its environment."""
     tenant = tenant_yaml("crm", "salesforce", **salesforce.options(**SALESFORCE_OPTIONS))
     env = {
         "ACME_SF_CONSUMER_KEY": salesforce.consumer_key,
         "ACME_SF_CONSUMER_SECRET": salesforce.consumer_secret,
     }
-    return crm_engine(make_engine, tmp_path, tenant, env)
+    return tenant, env
+
+
+def zendesk_tenant(zendesk: FakeZendesk) -> tuple[str, dict[str, str]]:
+    """A tenant file with one Zendesk destination ``helpdesk`` on the fake, and its environment."""
+    tenant = tenant_yaml(
+        "helpdesk",
+        "zendesk",
+        **zendesk.options(),
+        email=zendesk.email,
+        api_token="${ACME_ZENDESK_TOKEN}",
+        custom_fields={"qa_score": QA_FIELD},
+    )
+    return tenant, {"ACME_ZENDESK_TOKEN": zendesk.token}
+
+
+@pytest.fixture
+def sf_engine(
+    make_engine: MakeEngine, tmp_path: Path, salesforce: FakeSalesforce
+) -> tuple[Engine, ScriptedPlugin, FakeClock]:
+    return crm_engine(make_engine, tmp_path, *salesforce_tenant(salesforce))
 
 
 @pytest.fixture
@@ -96,15 +114,7 @@ def zendesk() -> Iterator[FakeZendesk]:
 def zd_engine(
     make_engine: MakeEngine, tmp_path: Path, zendesk: FakeZendesk
 ) -> tuple[Engine, ScriptedPlugin, FakeClock]:
-    tenant = tenant_yaml(
-        "helpdesk",
-        "zendesk",
-        **zendesk.options(),
-        email=zendesk.email,
-        api_token="${ACME_ZENDESK_TOKEN}",
-        custom_fields={"qa_score": QA_FIELD},
-    )
-    return crm_engine(make_engine, tmp_path, tenant, {"ACME_ZENDESK_TOKEN": zendesk.token})
+    return crm_engine(make_engine, tmp_path, *zendesk_tenant(zendesk))
 
 
 def accept_one(engine: Engine, event: Event) -> str:
