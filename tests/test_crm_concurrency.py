@@ -16,6 +16,7 @@ from typing import Any
 from cxbridge import Event, parse_event
 from cxbridge.engine import Engine
 from cxbridge.plugins import PluginManager
+from cxbridge.store import DeliveryFilter
 from tests.engine_support import MakeEngine
 from tests.fakes.salesforce import FakeSalesforce
 from tests.fakes.zendesk import FakeZendesk
@@ -93,8 +94,6 @@ def run_through_a_worker(
 
 
 def attempts_per_delivery(engine: Engine) -> Counter[int]:
-    from cxbridge.store import DeliveryFilter
-
     records = engine.store.list_deliveries(DeliveryFilter(status=None))
     return Counter(len(engine.store.attempts_of(r.id)) for r in records)
 

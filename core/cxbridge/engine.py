@@ -4,6 +4,10 @@ One :class:`Engine` per process ties together the store, the broker, the plugins
 actor carries only a delivery id; everything else is read from the store, so a lost or duplicated message
 loses nothing and sends nothing twice at once (a delivery is leased while an attempt runs).
 
+Deliveries to an ordered destination go one at a time per call, in the order their events occurred: only
+the head of a key can be leased, and a waiting delivery gets its message when the attempt before it
+finishes (or from the scheduler, should this process die in between).
+
 The retry decision is ours, not Dramatiq's ``Retries`` middleware (which cannot stop "24 hours after the
 first attempt"): each failed attempt stores ``next_attempt_at``; short waits are handed to the broker as a
 delay, long ones wait in the store until the scheduler enqueues them. The scheduler also re-enqueues
