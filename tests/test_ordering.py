@@ -202,6 +202,24 @@ def test_crash_between_the_heads_finish_and_enqueueing_its_successor_loses_nothi
     assert kinds(plugin) == ["call_create", "call_summary"]
 
 
+def test_a_message_that_finds_its_delivery_waiting_leaves_it_to_the_head(
+    ordered, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine, plugin, _ = ordered
+    summary = accept(engine, call_event("call_summary", minute=5))  # the head: sent
+    create = accept(engine, call_event("call_create", minute=0))  # occurred first: the new head
+    sent(engine)
+    assert engine.process(summary) is None
+    assert sent(engine) == []  # not sent again and again while it waits
+    monkeypatch.setattr(engine, "_enqueue_next_head", lambda record: None)  # dies after the head
+    assert engine.process(create).ok  # type: ignore[union-attr]
+    monkeypatch.undo()
+    # The waiting delivery's message was used up, so the next sweep sends it (not lost_after later).
+    assert engine.sweep() == 1 and sent(engine) == [summary]
+    assert engine.process(summary).ok  # type: ignore[union-attr]
+    assert kinds(plugin) == ["call_create", "call_summary"]
+
+
 def test_an_event_that_occurred_earlier_waits_for_the_attempt_in_flight(ordered) -> None:
     engine, plugin, _ = ordered
     during: list[Any] = []
