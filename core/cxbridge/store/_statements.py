@@ -33,6 +33,7 @@ __all__ = [
     "_KEY_LOCK",
     "_LEASE",
     "_MARK_ENQUEUED",
+    "_STILL_HEAD",
     "_Compiled",
 ]
 
@@ -94,17 +95,20 @@ _LEASE = (
     .values(lease_until=sa.bindparam("b_lease_until"))
     .returning(*deliveries.c, _DISABLED_REASON)
 )
-# PostgreSQL only, in the lease's transaction before ``_LEASE``: leases of one ordering key take
-# turns. Under READ COMMITTED two leases of one key would each miss the other's uncommitted lease
-# (a delivery whose event occurred earlier but arrived later could be leased next to the one in
-# flight); the lock, held until commit, makes the second ``_LEASE`` see the first. The two-integer
-# key space is ours alone (0x63786272, "cxbr"); a hash collision only makes two keys take turns.
+# PostgreSQL only, in the lease's transaction after ``_LEASE`` took an ordered delivery: the leases
+# of one ordering key take turns. Under READ COMMITTED two leases of one key would each miss the
+# other's uncommitted lease (a delivery whose event occurred earlier but arrived later could be
+# leased beside the one in flight), so the lease takes the key's advisory lock, held until commit,
+# and then checks again, in a fresh snapshot, that its delivery is still the head; if not, the lease
+# is rolled back. Unordered leases skip both, so they cost no round trip more. The two-integer key
+# space is ours alone (0x63786272, "cxbr"); a hash collision only makes two keys take turns.
 _KEY_LOCK = sa.select(
     sa.func.pg_advisory_xact_lock(
         sa.literal_column("1668833906"),
         sa.func.hashtext(_c.tenant + " " + _c.destination + " " + _c.order_key),
     )
-).where(_c.id == sa.bindparam("b_id"), _c.order_key.is_not(None))
+).where(_c.id == sa.bindparam("b_id"))
+_STILL_HEAD = sa.select(_c.id).where(_c.id == sa.bindparam("b_id"), _IS_HEAD)
 _INSERT_ATTEMPT = attempts.insert()
 _FINISH = (
     deliveries.update()

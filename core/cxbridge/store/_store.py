@@ -49,10 +49,15 @@ from cxbridge.store._statements import (
     _KEY_LOCK,
     _LEASE,
     _MARK_ENQUEUED,
+    _STILL_HEAD,
     _Compiled,
 )
 
 __all__ = ["Store"]
+
+
+class _NotHead(Exception):
+    """A lease of an ordered delivery lost its key's turn and is rolled back."""
 
 
 class Store:
@@ -69,7 +74,12 @@ class Store:
         self._insert_event = self._insert(events).on_conflict_do_nothing().returning(events.c.id)
         dialect = self.engine.dialect
         self._lease_sql = _Compiled(_LEASE, dialect)
-        self._key_lock_sql = None if self.is_sqlite else _Compiled(_KEY_LOCK, dialect)
+        # SQLite runs one write transaction at a time: a lease there always sees the others.
+        self._key_turn_sql = (
+            None
+            if self.is_sqlite
+            else (_Compiled(_KEY_LOCK, dialect), _Compiled(_STILL_HEAD, dialect))
+        )
         self._insert_attempt_sql = _Compiled(_INSERT_ATTEMPT, dialect, _ATTEMPT_KEYS)
         self._finish_sql = _Compiled(_FINISH, dialect)
         self._insert_dead_sql = _Compiled(_INSERT_DEAD, dialect, _DEAD_KEYS)
@@ -230,20 +240,33 @@ class Store:
         pending, not due, leased by another worker, or waiting behind an earlier delivery of its
         ordering key: two copies of one message never send twice at once, and one key never has
         two attempts in flight."""
-        with self._raw_write() as cursor:
-            # "now" once the write lock is held: read before waiting for it, a delivery that became
-            # due meanwhile would look early.
-            now = self.now()
-            params = {"b_id": delivery_id, "b_now": now, "b_lease_until": now + lease_seconds}
-            if self._key_lock_sql is not None:  # SQLite: the write lock already serializes leases
-                cursor.execute(self._key_lock_sql.sql, self._key_lock_sql.args(params))
-            cursor.execute(self._lease_sql.sql, self._lease_sql.args(params))
-            row = cursor.fetchone()
-            names = [column[0] for column in cursor.description]
-        if row is None:
-            return None
-        mapping = dict(zip(names, row, strict=True))
+        try:
+            with self._raw_write() as cursor:
+                # "now" once the write lock is held: read before waiting for it, a delivery that
+                # became due meanwhile would look early.
+                now = self.now()
+                params = {"b_id": delivery_id, "b_now": now, "b_lease_until": now + lease_seconds}
+                cursor.execute(self._lease_sql.sql, self._lease_sql.args(params))
+                row = cursor.fetchone()
+                names = [column[0] for column in cursor.description]
+                if row is None:
+                    return None
+                mapping = dict(zip(names, row, strict=True))
+                if mapping["order_key"] is not None and self._key_turn_sql is not None:
+                    self._wait_for_turn(cursor, params)
+        except _NotHead:
+            return None  # another lease of its key committed first; this one is rolled back
         return DeliveryRecord.from_mapping(mapping), mapping["disabled_reason"]
+
+    def _wait_for_turn(self, cursor: Any, params: dict[str, Any]) -> None:
+        """PostgreSQL, inside the transaction that just leased an ordered delivery: take its key's
+        lock, then check in a fresh snapshot that it is still the head (see ``_KEY_LOCK``). Raises
+        :class:`_NotHead` (rolling the lease back) if a lease of the key committed meanwhile."""
+        assert self._key_turn_sql is not None
+        for compiled in self._key_turn_sql:
+            cursor.execute(compiled.sql, compiled.args(params))
+        if cursor.fetchone() is None:
+            raise _NotHead
 
     def finish_attempt(
         self,
