@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PLUGINS := plugins/generic_http plugins/salesforce plugins/zendesk
 
-.PHONY: install demo test lint format clean
+.PHONY: install demo test lint format docs clean
 
 install: $(VENV)/.installed
 
@@ -27,9 +27,12 @@ lint: install
 test: lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache site

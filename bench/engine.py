@@ -385,10 +385,10 @@ def explain_due(store: Store) -> str:
         query = sa.text(
             "SELECT id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= :now "
             "AND (lease_until IS NULL OR lease_until < :now) AND (enqueued_at IS NULL OR "
-            "enqueued_at < next_attempt_at OR enqueued_at < :lost) "
+            "enqueued_at < next_attempt_at) "
             "ORDER BY next_attempt_at LIMIT 1000"
         )
-        params = {"now": time.time(), "lost": time.time() - 60}
+        params = {"now": time.time()}
         if store.is_sqlite:
             rows = conn.execute(sa.text("EXPLAIN QUERY PLAN " + query.text), params)
             return "; ".join(str(r[-1]) for r in rows)
@@ -404,7 +404,7 @@ def idle_worker(broker_url: str, store_url: str, seconds: float, threads: int) -
         times = []
         for _ in range(20):
             started = time.perf_counter()
-            due = engine.store.due(lost_after=engine.lost_after)
+            due = engine.store.due()
             times.append((time.perf_counter() - started) * 1000)
         assert due == [], due
         engine.start(threads=threads, interval=1.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -18,7 +19,7 @@ from cxbridge.engine import Engine
 from cxbridge.events import Event, parse_event
 from cxbridge.plugins import PluginManager
 from cxbridge.settings import Settings
-from cxbridge.store import Store
+from cxbridge.store import DeliveryFilter, Store
 from tests.scripted_plugin import ScriptedPlugin
 
 TENANT_YAML = """
@@ -94,3 +95,19 @@ def build_engine(
         **engine_options,
     )
     return engine, plugin, clock
+
+
+def wait_until_settled(engine: Engine, timeout: float = 30.0) -> dict[str, int]:
+    """Wait until no delivery is pending; returns the status counts (fails with the stuck ones)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        counts = engine.store.status_counts()
+        if counts.get("pending", 0) == 0:
+            return counts
+        time.sleep(0.05)
+    stuck = [
+        (r.id, r.attempts, r.next_attempt_at, engine.store.attempts_of(r.id))
+        for r in engine.store.list_deliveries(DeliveryFilter(status="pending"))
+    ]
+    extra = getattr(engine.broker, "message_counts", lambda q: None)(engine.queue_name)
+    raise AssertionError(f"still pending after {timeout} s: {counts}; {stuck}; broker {extra}")

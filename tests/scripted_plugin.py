@@ -58,3 +58,25 @@ class ScriptedPlugin:
     @hookimpl
     def on_delivery_failed(self, delivery: Delivery, destination: Destination, reason: str) -> None:
         self.failed.append((delivery, reason))
+
+
+class BlockingFirstAttempt:
+    """A plugin answer: the first call blocks until released and then returns ``first``; later
+    calls return ``later`` at once."""
+
+    def __init__(self, first: Outcome, later: Outcome | None = None) -> None:
+        self.first, self.later = first, later or Outcome.delivered()
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self._calls = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, delivery: Delivery) -> Outcome:
+        with self._lock:
+            self._calls += 1
+            first = self._calls == 1
+        if not first:
+            return self.later
+        self.started.set()
+        assert self.release.wait(30), "the test never released the first attempt"
+        return self.first

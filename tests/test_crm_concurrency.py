@@ -17,7 +17,7 @@ from cxbridge import Event, parse_event
 from cxbridge.engine import Engine
 from cxbridge.plugins import PluginManager
 from cxbridge.store import DeliveryFilter
-from tests.engine_support import MakeEngine
+from tests.engine_support import MakeEngine, wait_until_settled
 from tests.fakes.salesforce import FakeSalesforce
 from tests.fakes.zendesk import FakeZendesk
 from tests.test_crm_engine import (  # noqa: F401 - salesforce and zendesk are fixtures
@@ -26,7 +26,7 @@ from tests.test_crm_engine import (  # noqa: F401 - salesforce and zendesk are f
     zendesk,
     zendesk_tenant,
 )
-from tests.test_engine_brokers import running_engine, wait_until_settled
+from tests.test_engine_brokers import running_engine
 
 CALLS, CALLERS, THREADS = 125, 25, 8
 KINDS = ("call_create", "call_outcome", "call_summary", "quality_score")

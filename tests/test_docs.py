@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from cxbridge import hookimpl
 from cxbridge.config import load_tenant
 from cxbridge.hookspecs import hook_names
 from cxbridge.outcome import Delivery
@@ -69,3 +70,114 @@ def test_the_guide_example_plugin_loads_renders_and_delivers(
         (request,) = sink.to("/notes")
         assert request.header("Idempotency-Key") == "dlv_1"
         assert request.header("Authorization") == "Bearer t0k"
+
+
+# -- issue 14: the plugin author's path through the docs -------------------------------------------
+
+TESTING = (ROOT / "docs" / "testing-a-plugin.md").read_text()
+
+
+def _guide_plugin(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
+    (source,) = code_blocks(GUIDE, "python")
+    module = types.ModuleType("cxbridge_crm")
+    monkeypatch.setitem(sys.modules, "cxbridge_crm", module)
+    exec(compile(source, "docs/writing-a-plugin.md", "exec", dont_inherit=True), module.__dict__)
+    return module
+
+
+def test_hook_examples_map_statuses_with_outcome_for_status_and_render_in_the_tenants_zone():
+    from cxbridge import hookspecs
+
+    deliver_doc = hookspecs.deliver.__doc__ or ""
+    assert "outcome_for_status(" in deliver_doc and ">= 400" not in deliver_doc  # 429 is retried
+    transform_doc = hookspecs.transform.__doc__ or ""
+    assert "timezone=destination.timezone" in transform_doc and "json.dumps" not in transform_doc
+
+
+def test_the_guide_pyproject_can_be_built_and_names_the_kit():
+    (pyproject,) = code_blocks(GUIDE, "toml")
+    assert pyproject.startswith("[build-system]")
+    assert "cxbridge[testing]" in pyproject
+
+
+def test_plugin_docs_point_only_at_public_names():
+    for text in (GUIDE, TESTING):
+        assert "tests/" not in text.replace("tests/test_contract_", "")
+        assert "cxbridge.clock" not in text
+
+
+def _registering(name: str, options: type) -> object:
+    class Plugin:
+        @hookimpl
+        def register_destinations(self, register):  # type: ignore[no-untyped-def]
+            register(name, options)
+
+    return Plugin()
+
+
+def test_the_guide_plugin_refuses_an_event_it_cannot_send_at_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from cxbridge.errors import ConfigError
+
+    module = _guide_plugin(monkeypatch)
+    manager = PluginManager()
+    manager.register(module, name="crm")
+    tenant_file = tmp_path / "acme.yaml"
+    tenant_file.write_text(
+        "tenant: acme\ndestinations:\n  notes:\n    type: crm\n    events: [quality_score]\n"
+        "    base_url: http://127.0.0.1:9\n    token: t\n"
+    )
+    with pytest.raises(ConfigError) as refused:
+        load_tenant(tenant_file, manager.destination_types, {})
+    assert "takes only call_summary events" in str(refused.value.problems)
+
+    # Without the validator, the default template's variable is reported at the `type:` line.
+    from pydantic import BaseModel, ConfigDict
+
+    class Bare(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        base_url: str
+        token: str
+        fields: object = module.CrmOptions.model_fields["fields"].default
+
+    bare = PluginManager()
+    bare.register(_registering("crm", Bare), name="bare")
+    with pytest.raises(ConfigError) as refused:
+        load_tenant(tenant_file, bare.destination_types, {})
+    (problem,) = refused.value.problems
+    assert problem.line == 4 and "fields.note: unknown variable 'ai.summary'" in problem.message
+
+
+def test_the_testing_guide_engine_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from cxbridge.testing import Bridge, FakeTarget
+
+    module = _guide_plugin(monkeypatch)
+    example = next(b for b in code_blocks(TESTING, "python") if "make_bridge" in b)
+    namespace: dict[str, object] = {}
+    exec(compile(example, "docs/testing-a-plugin.md", "exec", dont_inherit=True), namespace)
+    made: list[Bridge] = []
+
+    def make_bridge(tenant_yaml: str) -> Bridge:
+        made.append(Bridge(tenant_yaml, tmp_path, plugins=[module], entry_points=False))
+        return made[-1]
+
+    try:
+        with FakeTarget() as target:
+            namespace["test_a_rate_limit_is_waited_out"](make_bridge, target)  # type: ignore[operator]
+    finally:
+        for bridge in made:
+            bridge.close()
+
+
+def test_the_reserved_destination_variable_is_documented_as_it_behaves():
+    """Issue 14 item 3: templates may name ``destination`` at load, and rendering it fails."""
+    from cxbridge import JsonTemplate, TemplateRenderError
+    from cxbridge.testing import canned_event
+
+    page = (ROOT / "docs" / "templates.md").read_text()
+    assert "`destination` is a reserved name" in page and "'destination' is undefined" in page
+    with pytest.raises(TemplateRenderError, match="'destination' is undefined"):
+        JsonTemplate({"d": "{{ destination.name }}"}).render_bytes(
+            canned_event("call_summary").template_context()
+        )

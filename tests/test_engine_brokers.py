@@ -4,7 +4,6 @@ broker, Redis and RabbitMQ, with the store on SQLite and on PostgreSQL."""
 from __future__ import annotations
 
 import contextlib
-import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ from cxbridge import Outcome
 from cxbridge.brokers import broker_from_url
 from cxbridge.clock import SystemClock
 from cxbridge.engine import Engine
-from tests.engine_support import MakeEngine, make_event
+from tests.engine_support import MakeEngine, make_event, wait_until_settled
 from tests.scripted_plugin import ScriptedPlugin
 
 
@@ -26,23 +25,6 @@ def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'broker.db'}"
     return str(request.getfixturevalue("redis_url" if request.param == "redis" else "amqp_url"))
-
-
-def wait_until_settled(engine, timeout: float = 30.0) -> dict[str, int]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        counts = engine.store.status_counts()
-        if counts.get("pending", 0) == 0:
-            return counts
-        time.sleep(0.05)
-    from cxbridge.store import DeliveryFilter
-
-    stuck = [
-        (r.id, r.attempts, r.next_attempt_at, engine.store.attempts_of(r.id))
-        for r in engine.store.list_deliveries(DeliveryFilter(status="pending"))
-    ]
-    extra = getattr(engine.broker, "message_counts", lambda q: None)(engine.queue_name)
-    raise AssertionError(f"still pending after {timeout} s: {counts}; {stuck}; broker {extra}")
 
 
 @contextlib.contextmanager

@@ -29,13 +29,9 @@ from cxbridge.errors import PluginError
 from cxbridge.plugins import PluginManager
 from cxbridge.replay import replay
 from cxbridge.store import DeliveryFilter, Store
-from tests.engine_support import MakeEngine, make_event
+from tests.engine_support import MakeEngine, make_event, wait_until_settled
 from tests.scripted_plugin import ScriptedOptions, ScriptedPlugin
-from tests.test_engine_brokers import (  # noqa: F401 - broker_url is a fixture
-    broker_url,
-    running_engine,
-    wait_until_settled,
-)
+from tests.test_engine_brokers import broker_url, running_engine  # noqa: F401 - a fixture
 
 # ``crm`` keeps per-call order (``ordered: true`` over the scripted type's default, off);
 # ``hook`` takes every event as it comes.

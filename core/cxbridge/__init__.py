@@ -5,7 +5,9 @@ The public API is what this module exports; everything else may change between r
 
 from typing import TYPE_CHECKING, Any
 
+from cxbridge.clock import Clock, FakeClock
 from cxbridge.destinations import Destination, DestinationType
+from cxbridge.engine import Engine
 from cxbridge.errors import (
     AddressRefused,
     ConfigError,
@@ -35,6 +37,8 @@ from cxbridge.hookspecs import hookimpl
 from cxbridge.outbound import AllowNetworks, GuardedTransport, NetworkPolicy, guard_outcome
 from cxbridge.outcome import Delivery, Outcome, OutcomeKind, Payload
 from cxbridge.retry import RetryPolicy, outcome_for_status, parse_retry_after
+from cxbridge.routing import Accepted
+from cxbridge.store import AttemptRecord, DeliveryRecord
 from cxbridge.templating import Condition, JsonTemplate, TextTemplate, UrlTemplate
 
 if TYPE_CHECKING:
@@ -59,6 +63,13 @@ __all__ = [  # noqa: RUF022 - grouped by purpose, like dramatiq's
     "OutcomeKind",
     "Payload",
     "hookimpl",
+    # embedding and testing: an engine, what it reports, its clock
+    "Accepted",
+    "AttemptRecord",
+    "Clock",
+    "DeliveryRecord",
+    "Engine",
+    "FakeClock",
     # templating and retries, for plugins
     "Condition",
     "JsonTemplate",

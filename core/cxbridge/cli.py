@@ -558,5 +558,32 @@ def demo(events: int, config: Path | None) -> None:
     sys.exit(run_demo(_settings(config), events=events))
 
 
+# -- plugin authors --------------------------------------------------------------------------------
+
+
+@cli.command("new-plugin")
+@click.argument("name")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="Where to create the cxbridge-NAME folder.",
+)
+def new_plugin(name: str, directory: Path) -> None:
+    """Write a working plugin package for destination type NAME, with its contract tests."""
+    from cxbridge.scaffold import ScaffoldError
+    from cxbridge.scaffold import new_plugin as write_plugin
+
+    try:
+        root = write_plugin(name, directory, cxbridge_version=__version__)
+    except ScaffoldError as exc:
+        _fail(str(exc))
+        return
+    click.echo(f"wrote {root}")
+    click.echo(f"next: pip install -e '{root}[test]' && pytest {root}")
+
+
 def main() -> None:
     cli(prog_name="cxbridge")

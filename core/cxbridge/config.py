@@ -308,6 +308,7 @@ class _Loader:
         data: Any,
         where: tuple[str | int, ...],
         also_known: tuple[str, ...] = (),
+        context: dict[str, Any] | None = None,
     ) -> _M | None:
         """Validate ``data`` against ``model``, reporting every problem. Unknown keys are reported
         with the nearest known one (``also_known``: keys a sibling model takes) and left out, so
@@ -322,7 +323,7 @@ class _Loader:
                 self.problem((*where, key), f"{name}: unknown key{suggestion}", key=True)
             data = {key: value for key, value in data.items() if key not in unknown}
         try:
-            return model.model_validate(data)
+            return model.model_validate(data, context=context)
         except ValidationError as exc:
             for err in exc.errors():
                 self._report(err, where)
@@ -378,9 +379,13 @@ class _Loader:
         if dtype is None:
             return None
         options_data = {k: v for k, v in raw.items() if k not in CORE_DESTINATION_KEYS}
+        # The context lets a plugin's validators refuse event types it cannot send.
+        context = {"events": frozenset(events), "tenant": tenant.tenant, "destination": name}
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            options = self._validate(dtype.options, options_data, where, CORE_DESTINATION_KEYS)
+            options = self._validate(
+                dtype.options, options_data, where, CORE_DESTINATION_KEYS, context
+            )
         for warning in caught:
             pos = self.doc.position(where, key=True)
             message = f"destinations.{name}: warning: {warning.message}"

@@ -10,9 +10,13 @@ finishes (or from the scheduler, should this process die in between).
 
 The retry decision is ours, not Dramatiq's ``Retries`` middleware (which cannot stop "24 hours after the
 first attempt"): each failed attempt stores ``next_attempt_at``; short waits are handed to the broker as a
-delay, long ones wait in the store until the scheduler enqueues them. The scheduler also re-enqueues
-deliveries whose message was lost or whose worker died, and calls the ``on_delivery_failed`` hooks that
-a dying process left undone (:mod:`cxbridge.outbox`).
+delay, long ones wait in the store until the scheduler enqueues them. The scheduler also sends again
+the messages the broker lost (counting, so that a long queue is not mistaken for lost messages), and
+calls the ``on_delivery_failed`` hooks that a dying process left undone (:mod:`cxbridge.outbox`).
+
+Every attempt is fenced: its lease carries a token that recording the result must present, so a result
+that comes back after its lease was taken over changes nothing (it is kept as a stale attempt row).
+While an attempt runs, the engine's heartbeat thread renews its lease.
 """
 
 from __future__ import annotations
@@ -22,39 +26,55 @@ import math
 import threading
 import time
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import dramatiq
 
 from cxbridge.brokers import broker_from_url
+from cxbridge.brokers.depth import queue_depth
 from cxbridge.clock import Clock, SystemClock
 from cxbridge.config import TenantConfig, load_config_dir
 from cxbridge.destinations import Destination
 from cxbridge.events import Event
+from cxbridge.leases import LeaseHeartbeat
 from cxbridge.outbox import CLAIM_SECONDS, DeadLetterOutbox
 from cxbridge.outcome import Delivery, Outcome, OutcomeKind
 from cxbridge.plugins import PluginManager, load_plugins
 from cxbridge.routing import Accepted, Router
 from cxbridge.settings import Settings
-from cxbridge.store import EXCERPT_LIMIT, PENDING, AttemptRecord, DeliveryRecord, Store
+from cxbridge.store import (
+    EXCERPT_LIMIT,
+    PENDING,
+    AttemptRecord,
+    DeliveryFilter,
+    DeliveryRecord,
+    Store,
+)
 
 __all__ = ["ACTOR_NAME", "QUEUE_NAME", "Engine"]
 
 log = logging.getLogger(__name__)
 ACTOR_NAME = "cxbridge_deliver"
 QUEUE_NAME = "cxbridge"  # the default of CXBRIDGE_QUEUE_NAME
+SWEEP_BATCH = 1000  # deliveries the scheduler reads and enqueues per query
+SWEEP_BATCHES = 100  # at most this many batches of due deliveries per scheduler pass
 
 
 class Engine:
     """Everything one process needs to accept events and deliver them.
 
-    The last four default to the settings of the same names (``CXBRIDGE_LEASE_SECONDS``, ...).
+    Embedders and tests build one with :meth:`from_config` (plain arguments); the constructor's
+    parameters are internal. The last four default to the settings of the same names (``CXBRIDGE_LEASE_SECONDS``, ...).
 
-    :param lease_seconds: how long one attempt may hold a delivery; after a worker dies, its delivery
-        is retried once the lease has run out. Keep it above the slowest plugin's total timeout.
-    :param lost_after: a delivery enqueued this long ago and still not attempted is enqueued again.
+    :param lease_seconds: how long a lease lasts unless renewed. A running attempt's lease is
+        renewed every ``lease_seconds / 3`` (by :meth:`start`'s heartbeat thread), so attempts may
+        run longer; a lease stops being renewed only when its process dies or freezes, and then
+        another worker may attempt the delivery once the lease has run out.
+    :param lost_after: a delivery whose message the broker no longer holds is enqueued again once
+        the message was sent this long ago (plus the broker's redelivery bound); see :meth:`sweep`.
     :param short_delay: waits up to this many seconds go to the broker as a delay; longer ones wait in
         the store for the scheduler.
     :param hook_claim_seconds: ``on_delivery_failed`` hooks left undone this long after their dead
@@ -114,6 +134,72 @@ class Engine:
         self._worker: Any = None
         self._stop = threading.Event()
         self._scheduler: threading.Thread | None = None
+        self.heartbeat = LeaseHeartbeat(self.store, self.lease_seconds)
+
+    @classmethod
+    def from_config(
+        cls,
+        config_dir: str | Path,
+        *,
+        database_url: str,
+        broker_url: str,
+        queue_name: str = QUEUE_NAME,
+        clock: Clock | None = None,
+        plugins: Iterable[object] = (),
+        entry_points: bool = True,
+        env: Mapping[str, str] | None = None,
+    ) -> Engine:
+        """An engine from plain arguments; no ``CXBRIDGE_*`` variable or ``.env`` file is read.
+
+        :param config_dir: the folder of tenant YAML files.
+        :param database_url: the store, e.g. ``sqlite:///var/store.db``.
+        :param broker_url: the broker, e.g. ``sqlite:///var/broker.db`` (embedded) or ``redis://…``.
+        :param queue_name: the broker queue; engines sharing a broker but not a store must differ.
+        :param clock: "now" for the engine and store (:class:`~cxbridge.FakeClock` in tests).
+        :param plugins: plugin objects (modules, instances) to register besides the entry points.
+        :param entry_points: load the installed plugins of the ``cxbridge`` entry-point group.
+        :param env: where ``${VAR}`` in tenant files is looked up (default: the environment). A
+            tenant file reads only its own variables (``ACME_…`` for tenant ``acme``).
+
+        Other settings keep their defaults. Raises :class:`~cxbridge.ConfigError` listing every
+        problem of the tenant files, :class:`~cxbridge.PluginError` for an invalid plugin.
+        """
+        settings = Settings.explicit(
+            config_dir=Path(config_dir),
+            database_url=database_url,
+            broker_url=broker_url,
+            queue_name=queue_name,
+        )
+        manager = load_plugins(settings) if entry_points else PluginManager()
+        manager.register_objects(plugins)
+        tenants = load_config_dir(settings.config_dir, manager.destination_types, env)
+        return cls(settings, clock=clock, plugins=manager, tenants=tenants)
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def deliveries(
+        self,
+        *,
+        tenant: str | None = None,
+        destination: str | None = None,
+        event_type: str | None = None,
+        status: str | None = None,
+        limit: int | None = None,
+    ) -> list[DeliveryRecord]:
+        """Deliveries, oldest first; ``None`` filters nothing (``status``: ``pending``,
+        ``delivered`` or ``dead``)."""
+        where = DeliveryFilter(
+            tenant=tenant, destination=destination, event_type=event_type, status=status
+        )
+        return self.store.list_deliveries(where, limit=limit)
+
+    def delivery(self, delivery_id: str) -> DeliveryRecord | None:
+        """One delivery by id (``Accepted.delivery_ids`` names them), or ``None``."""
+        return self.store.get_delivery(delivery_id)
+
+    def attempts(self, delivery_id: str) -> list[AttemptRecord]:
+        """The attempt log of one delivery, first attempt first."""
+        return [AttemptRecord.from_mapping(row) for row in self.store.attempts_of(delivery_id)]
 
     # -- ingest ----------------------------------------------------------------------------------
 
@@ -138,6 +224,7 @@ class Engine:
             self._resend_if_early(delivery_id)
             return None
         record, disabled = leased
+        assert record.lease_token is not None
         destination = self._destination_of(record)
         if destination is None:
             return self._kill(record, "destination no longer configured")
@@ -152,12 +239,13 @@ class Engine:
             destination=record.destination,
             event_id=record.event_id,
             event_type=record.event_type,
-            attempt=record.attempts + 1,
+            attempt=record.attempts,  # the lease took this attempt's number
             payload=record.payload,
             first_attempt_at=first_attempt_at,
         )
         timer = time.perf_counter()
-        outcome = self._call_deliver(delivery, destination)
+        with self.heartbeat.holding(record.id, record.lease_token):
+            outcome = self._call_deliver(delivery, destination)
         # Wall time, not the injectable clock: the attempt log shows how long the destination took.
         duration_ms = (time.perf_counter() - timer) * 1000
         now = self.clock.now()
@@ -176,13 +264,27 @@ class Engine:
         elif outcome.kind is OutcomeKind.PERMANENT:
             dead_reason = f"permanent: {outcome.error}"
         short = next_at is not None and next_at - now <= timedelta(seconds=self.short_delay)
-        self.store.finish_attempt(
+        recorded = self.store.finish_attempt(
             record,
             AttemptRecord(delivery.attempt, started, duration_ms, outcome),
             next_attempt_at=next_at,
             dead_reason=dead_reason,
             enqueued_at=next_at if short else None,
         )
+        if not recorded:
+            # The lease ran out and another attempt took over: this result changes nothing, so
+            # no message is sent and no hook runs for it.
+            log.warning(
+                "stale result discarded: attempt %d of delivery %s (tenant %s, destination %s, "
+                "event %s) ended with %s after its lease was lost; kept in the attempt log as stale",
+                delivery.attempt,
+                record.id,
+                record.tenant,
+                record.destination,
+                record.event_id,
+                outcome.kind.value,
+            )
+            return outcome
         if short and next_at is not None:
             self._send_in(record.id, (next_at - now).total_seconds())
         self._enqueue_next_head(record)
@@ -199,9 +301,9 @@ class Engine:
             return
         if record.order_key is not None and self.store.park(delivery_id):
             return  # waits behind its key: the head's finish (or the sweep) enqueues it later
-        now = self.clock.now()
-        if record.lease_until is not None and record.lease_until > now:
+        if record.lease_until is not None and record.lease_until > self.store.lease_now():
             return  # another worker is attempting it right now
+        now = self.clock.now()
         remaining = (record.next_attempt_at - now).total_seconds()
         if remaining <= self.short_delay:
             self._send_in(delivery_id, remaining)
@@ -236,8 +338,17 @@ class Engine:
         tenant = self.tenants.get(record.tenant)
         return tenant.destinations.get(record.destination) if tenant else None
 
-    def _kill(self, record: DeliveryRecord, reason: str) -> Outcome:
-        self.store.kill(record, reason)
+    def _kill(self, record: DeliveryRecord, reason: str) -> Outcome | None:
+        if not self.store.kill(record, reason):
+            log.warning(
+                "delivery %s (tenant %s, destination %s) not dead-lettered (%s): its lease was "
+                "lost to another attempt",
+                record.id,
+                record.tenant,
+                record.destination,
+                reason,
+            )
+            return None
         self._enqueue_next_head(record)
         self.outbox.dispatch([record.id])
         return Outcome.permanent(reason)
@@ -245,10 +356,53 @@ class Engine:
     # -- scheduling ------------------------------------------------------------------------------
 
     def sweep(self) -> int:
-        """Enqueue deliveries that are due, or whose message was lost. Returns how many."""
-        ids = self.store.due(lost_after=self.lost_after)
-        self.enqueue(ids)
-        return len(ids)
+        """Enqueue deliveries that are due and have no message yet, and send again the messages the
+        broker has lost. Returns how many messages were sent."""
+        sent = 0
+        # Batch after batch while batches come back full (a backlog fell due at once), but bounded:
+        # a clock stepped back between a read and its mark could otherwise select a batch again.
+        for _ in range(SWEEP_BATCHES):
+            due = self.store.due(limit=SWEEP_BATCH)
+            self.enqueue(due)
+            sent += len(due)
+            if len(due) < SWEEP_BATCH:
+                break
+        lost = self._lost_messages()
+        if lost:
+            log.warning(
+                "sending %d message(s) again: the broker holds fewer messages of queue %s than "
+                "deliveries wait for (lost, or flushed)",
+                len(lost),
+                self.queue_name,
+            )
+            self.enqueue(lost)
+        return sent + len(lost)
+
+    def _lost_messages(self) -> list[str]:
+        """Deliveries whose message the broker lost: a long queue is not a lost message.
+
+        The broker is asked first how many messages of our queue it holds, then the store how many
+        deliveries wait for one. Only the shortfall is sent again, the longest-waiting first, and
+        only deliveries enqueued longer ago than ``lost_after`` plus the broker's redelivery bound.
+        Between the two counts, a message consumed and finished makes the broker's count look
+        larger (a re-send waits for the next pass); only a message that ``accept`` both sends and
+        marks in between can make it look smaller, and the extra message that causes then counts
+        in the broker's favour while it waits in the queue.
+        """
+        depth = queue_depth(self.broker, self.queue_name)
+        bound = depth.redelivery_bound if depth is not None else 0.0
+        cutoff = self.store.now() - self.lost_after - bound
+        if depth is None:
+            # A broker we cannot ask (another Dramatiq broker class): what was enqueued
+            # ``lost_after`` ago and is still not leased is taken as lost. Under a backlog that
+            # sends messages still waiting in the queue a second time.
+            return self.store.awaiting_message(enqueued_before=cutoff, limit=SWEEP_BATCH)
+        shortfall = self.store.count_awaiting_message() - depth.messages
+        if shortfall <= 0:
+            return []
+        return self.store.awaiting_message(
+            enqueued_before=cutoff, limit=min(shortfall, SWEEP_BATCH)
+        )
 
     def purge(self) -> int:
         """Delete finished deliveries older than the retention period."""
@@ -276,6 +430,7 @@ class Engine:
             self.broker, worker_threads=threads, queues={self.queue_name}
         )
         self._worker.start()
+        self.heartbeat.start()
         if scheduler:
             self.sweep()
             self._scheduler = threading.Thread(
@@ -291,6 +446,7 @@ class Engine:
         if self._worker is not None:
             self._worker.stop(timeout=int(timeout * 1000))
             self._worker = None
+        self.heartbeat.stop(timeout)  # after the worker: its last attempts kept their leases
 
     def close(self) -> None:
         """Stop the workers, then let plugins release their connections, then close broker and store."""

@@ -58,6 +58,13 @@ def register_destinations(register: Callable[..., None]) -> None:
         key overrides the default. Keyword arguments may be added to ``register`` in later versions.
     :return: nothing.
 
+    The options model is validated with a context (pydantic's ``info.context``): ``events``, the
+    frozenset of event types the destination subscribes to, ``tenant`` and ``destination`` (its name).
+    A validator may refuse an event type the plugin cannot send; the error points at the tenant file.
+    Template fields (``TextTemplate``, ``JsonTemplate``, ``Condition``) — defaults included — are
+    checked at load against every subscribed event type, and an unknown variable is reported at the
+    destination's ``type:`` line when it comes from a default the tenant file did not write.
+
     Called once when plugins load. A type name registered twice is an error naming both plugins.
 
     Example::
@@ -117,8 +124,10 @@ def transform(event: Event, destination: Destination) -> Payload | None:
         def transform(event, destination):
             if destination.type != "crm":
                 return None
-            body = destination.options.body.render(event.template_context())
-            return Payload(body=json.dumps(body).encode())
+            # Dates render in the tenant's time zone; render_bytes writes compact JSON.
+            context = event.template_context(timezone=destination.timezone)
+            body = destination.options.body.render_bytes(context, timezone=destination.timezone)
+            return Payload(body)
     """
 
 
@@ -145,14 +154,14 @@ def deliver(delivery: Delivery, destination: Destination) -> Outcome | None:
         def deliver(delivery, destination):
             if destination.type != "crm":
                 return None
-            response = client.post(destination.options.base_url, content=delivery.payload.body,
-                                   headers={"Idempotency-Key": delivery.id})
-            if response.status_code >= 500:
-                return Outcome.retry(f"HTTP {response.status_code}", status_code=response.status_code)
-            if response.status_code >= 400:
-                return Outcome.permanent(f"HTTP {response.status_code}",
-                                         status_code=response.status_code)
-            return Outcome.delivered(status_code=response.status_code)
+            try:
+                response = client.post(destination.options.base_url, content=delivery.payload.body,
+                                       headers={"Idempotency-Key": delivery.id})
+            except httpx.TransportError as exc:  # timeouts, refused or dropped connections
+                return Outcome.retry(f"{type(exc).__name__}: {exc}")
+            # 2xx delivered; 408/425/429/5xx retry honouring Retry-After; 410 disables; 4xx permanent.
+            return outcome_for_status(response.status_code,
+                                      retry_after=response.headers.get("Retry-After"))
     """
 
 
@@ -188,7 +197,7 @@ def shutdown() -> None:
 
     :return: ignored.
 
-    Called once by :meth:`cxbridge.engine.Engine.close` after the workers have stopped, so no
+    Called once by :meth:`cxbridge.Engine.close` after the workers have stopped, so no
     ``deliver`` call is running. Every implementation runs; one that raises is logged with the
     plugin's name and does not stop the others. A plugin must still work if ``deliver`` is called
     again afterwards (tests and embedded users may restart an engine in the same process).

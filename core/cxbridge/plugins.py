@@ -128,6 +128,13 @@ class PluginManager:
             raise PluginError(f"plugin {name!r} is not valid: {exc}", plugin=name) from exc
         self._collect_destination_types(name)
 
+    def register_objects(self, plugins: Iterable[object]) -> None:
+        """Register plugin objects given in code (embedders, tests), each under its ``__name__``,
+        or its class name and position for an instance."""
+        for index, plugin in enumerate(plugins):
+            name = getattr(plugin, "__name__", None) or f"{type(plugin).__name__}-{index}"
+            self.register(plugin, name=name)
+
     def _collect_destination_types(self, plugin_name: str) -> None:
         for impl in self._pm.hook.register_destinations.get_hookimpls():
             if impl.plugin_name != plugin_name:

@@ -67,7 +67,13 @@ def render_payload(hooks: Hooks, event: Event, destination: Destination) -> Payl
 
 @dataclass(frozen=True)
 class Accepted:
-    """What ingesting one event did. ``duplicate`` events fan out nothing."""
+    """What ingesting one event did.
+
+    ``delivery_ids`` names one delivery per destination the event went to (read them with
+    :meth:`Engine.delivery <cxbridge.Engine.delivery>`); ``dead`` those dead-lettered at once (a
+    template error). A ``duplicate`` event (same tenant and id as one already stored) creates and
+    sends nothing new: its ``delivery_ids`` are the deliveries the first copy made, still stored.
+    """
 
     event_id: str
     duplicate: bool

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from cxbridge.events import MAX_EVENT_BYTES
 
@@ -42,12 +42,14 @@ class Settings(BaseSettings):
         30, ge=1, description="Delivered and dead rows older than this are purged."
     )
     lease_seconds: float = Field(
-        60, gt=0, description="How long one attempt may hold a delivery before another worker may."
+        60,
+        gt=0,
+        description="How long a lease lasts unless renewed (running attempts renew it every third).",
     )
     lost_after: float = Field(
         60,
         gt=0,
-        description="A delivery enqueued this long ago and not attempted is enqueued again.",
+        description="A message the broker no longer holds is sent again once it is this old.",
     )
     short_delay: float = Field(
         30,
@@ -66,9 +68,28 @@ class Settings(BaseSettings):
         "its own (named after the tenant: ACME_... for tenant acme).",
     )
 
+    @classmethod
+    def explicit(cls, **values: Any) -> Settings:
+        """Settings from ``values`` and the defaults alone, validated: neither ``CXBRIDGE_*``
+        environment variables nor a ``.env`` file are read (for embedding and tests)."""
+        return _ExplicitSettings(**values)
+
     @field_validator("plugins_allow", "plugins_deny", "tenant_env_allow", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+
+class _ExplicitSettings(Settings):
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)

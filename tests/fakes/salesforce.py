@@ -78,6 +78,7 @@ class Fault:
     match: Callable[[str, str], bool] | None = None  # (method, path) -> applies?
     delay: float = 0.0
     on_token: bool = False  # applies to the OAuth token endpoint instead of the data API
+    headers: dict[str, str] | None = None  # e.g. Retry-After
 
 
 class FakeSalesforce(FakeServer):
@@ -128,12 +129,13 @@ class FakeSalesforce(FakeServer):
         match: Callable[[str, str], bool] | None = None,
         delay: float = 0.0,
         on_token: bool = False,
+        headers: dict[str, str] | None = None,
     ) -> Fault:
         """Answer the next ``times`` matching data requests (or token requests, ``on_token``) with
         ``status`` and a Salesforce error body ``[{"message", "errorCode", "fields"}]``."""
         if body is None and error_code is not None:
             body = [{"message": message, "errorCode": error_code, "fields": fields or []}]
-        fault = Fault(status, body, content_type, times, match, delay, on_token)
+        fault = Fault(status, body, content_type, times, match, delay, on_token, headers)
         with self.lock:
             self.faults.append(fault)
         return fault
@@ -224,7 +226,12 @@ class _Handler(FakeHandler):
         return self.rfile.read(length) if length else b""
 
     def _send(
-        self, status: int, body: Any = None, content_type: str = "application/json", kind: str = ""
+        self,
+        status: int,
+        body: Any = None,
+        content_type: str = "application/json",
+        kind: str = "",
+        headers: dict[str, str] | None = None,
     ) -> None:
         with self.fake.lock:
             self.fake.log.append((kind, self.path, status))
@@ -241,6 +248,8 @@ class _Handler(FakeHandler):
             if data:
                 self.send_header("Content-Type", f"{content_type};charset=UTF-8")
             self.send_header("Content-Length", str(len(data)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):
@@ -262,7 +271,7 @@ class _Handler(FakeHandler):
         if fault is not None:
             if fault.delay:
                 time.sleep(fault.delay)
-            return self._send(fault.status, fault.body, fault.content_type, kind)
+            return self._send(fault.status, fault.body, fault.content_type, kind, fault.headers)
         auth = self.headers.get("Authorization", "")
         token = auth.removeprefix("Bearer ")
         with self.fake.lock:

@@ -12,7 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from cxbridge.outcome import Outcome, Payload
+from cxbridge.outcome import Outcome, OutcomeKind, Payload
 from cxbridge.store._schema import DEAD, deliveries
 
 __all__ = [
@@ -49,6 +49,10 @@ class NewDelivery:
 
 @dataclass(frozen=True)
 class DeliveryRecord:
+    """One delivery as stored: ``status`` is ``pending``, ``delivered`` or ``dead``; ``attempts``
+    counts the attempts made; ``last_error`` is the last failure (or the dead-letter reason);
+    ``remote_id`` what the destination said it wrote."""
+
     id: str
     tenant: str
     destination: str
@@ -64,6 +68,7 @@ class DeliveryRecord:
     last_error: str | None
     remote_id: str | None
     lease_until: datetime | None = None
+    lease_token: str | None = None  # set on a leased record: the fencing token of its lease
     order_key: str | None = None
 
     @classmethod
@@ -88,12 +93,13 @@ class DeliveryRecord:
             last_error=m["last_error"],
             remote_id=m["remote_id"],
             lease_until=_dt(m["lease_until"]),
+            lease_token=m["lease_token"],
             order_key=m["order_key"],
         )
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-friendly view for the CLI and admin API (payload body as text)."""
-        data = {k: v for k, v in self.__dict__.items() if k != "payload"}
+        data = {k: v for k, v in self.__dict__.items() if k not in ("payload", "lease_token")}
         for key, value in data.items():
             if isinstance(value, datetime):
                 data[key] = value.isoformat()
@@ -103,10 +109,28 @@ class DeliveryRecord:
 
 @dataclass(frozen=True)
 class AttemptRecord:
+    """One attempt of a delivery, as the attempt log keeps it: its ``number`` (from 1), when it
+    started, how long the destination took, and the plugin's :class:`~cxbridge.Outcome` (its
+    ``disable_destination`` flag is not kept)."""
+
     number: int
     started_at: datetime
     duration_ms: float
     outcome: Outcome
+
+    @classmethod
+    def from_mapping(cls, m: Mapping[str, Any]) -> AttemptRecord:
+        outcome = Outcome(
+            OutcomeKind(m["outcome"]),
+            error=m["error"],
+            retry_after=m["retry_after"],
+            status_code=m["status_code"],
+            provider_code=m["provider_code"],
+            remote_id=m["remote_id"],
+            response_excerpt=m["response_excerpt"],
+        )
+        started_at = _dt(m["started_at"]) or datetime.now(UTC)
+        return cls(m["number"], started_at, m["duration_ms"], outcome)
 
 
 @dataclass(frozen=True)

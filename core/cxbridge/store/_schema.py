@@ -55,10 +55,12 @@ deliveries = sa.Table(
     sa.Column("next_attempt_at", sa.Float),
     sa.Column("enqueued_at", sa.Float),
     sa.Column("lease_until", sa.Float),
+    # The fencing token of the current lease: only the attempt holding it may record a result.
+    sa.Column("lease_token", sa.String(32)),
     sa.Column("delivered_at", sa.Float),
     sa.Column("last_error", sa.Text),
     sa.Column("remote_id", sa.String(200)),
-    # Per-key order (schema version 3): deliveries of one ordering key (the call, per destination)
+    # Per-key order (schema version 4): deliveries of one ordering key (the call, per destination)
     # are attempted one at a time, by the event's time (``order_at``), then arrival (``created_at``).
     # NULL: unordered.
     sa.Column("order_key", sa.String(200)),
@@ -84,6 +86,8 @@ attempts = sa.Table(
     sa.Column("retry_after", sa.Float),
     sa.Column("remote_id", sa.String(200)),
     sa.Column("response_excerpt", sa.Text),
+    # A result that came back after its lease was lost: logged, changed nothing.
+    sa.Column("stale", sa.Boolean, nullable=False, default=False, server_default=sa.false()),
 )
 dead_letters = sa.Table(
     "dead_letters",
@@ -114,35 +118,30 @@ schema_version = sa.Table(
 )
 
 
+def _add_columns(conn: sa.Connection, table: sa.Table, *names: str) -> None:
+    """``ALTER TABLE … ADD COLUMN`` for the named columns of ``table`` that the database lacks
+    (a database created by migration 1 of this version already has them)."""
+    present = {column["name"] for column in sa.inspect(conn).get_columns(table.name)}
+    for name in names:
+        if name not in present:
+            ddl = sa.schema.CreateColumn(table.c[name]).compile(dialect=conn.dialect)
+            conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {ddl}"))
+
+
 def _create_tables(conn: sa.Connection) -> None:
     """Version 1: the tables. A new database gets today's definitions, so later migrations check
     before they add."""
     metadata.create_all(conn, tables=list(metadata.sorted_tables))
 
 
-def _add_missing_columns(conn: sa.Connection, table: sa.Table, *names: str) -> None:
-    """``ALTER TABLE … ADD COLUMN`` for each named column (as defined above) the database lacks."""
-    present = {column["name"] for column in sa.inspect(conn).get_columns(table.name)}
-    preparer = conn.dialect.identifier_preparer
-    for name in names:
-        if name not in present:
-            column = table.c[name]
-            conn.exec_driver_sql(
-                f"ALTER TABLE {preparer.format_table(table)} ADD COLUMN "
-                f"{preparer.format_column(column)} {column.type.compile(conn.dialect)}"
-            )
-
-
-def _create_missing_index(conn: sa.Connection, table: sa.Table, name: str) -> None:
-    next(i for i in table.indexes if i.name == name).create(conn, checkfirst=True)
-
-
 def _add_dead_letter_outbox(conn: sa.Connection) -> None:
     """Version 2: ``dead_letters`` becomes the outbox of ``on_delivery_failed``. Dead letters of an
     older version already had their hooks called (or lost them in a crash, which can no longer be
     told apart): they count as done, so an upgrade does not page anyone for old failures."""
-    _add_missing_columns(conn, dead_letters, "hooks_done_at", "hooks_claimed_until")
-    _create_missing_index(conn, dead_letters, "ix_dead_letters_hooks")
+    _add_columns(conn, dead_letters, "hooks_done_at", "hooks_claimed_until")
+    indexes = {index["name"] for index in sa.inspect(conn).get_indexes("dead_letters")}
+    if "ix_dead_letters_hooks" not in indexes:
+        next(i for i in dead_letters.indexes if i.name == "ix_dead_letters_hooks").create(conn)
     conn.execute(
         dead_letters.update()
         .where(dead_letters.c.hooks_done_at.is_(None))
@@ -150,16 +149,25 @@ def _add_dead_letter_outbox(conn: sa.Connection) -> None:
     )
 
 
+def _add_fencing(conn: sa.Connection) -> None:
+    """Version 3: lease tokens on deliveries, the stale mark on attempts."""
+    _add_columns(conn, deliveries, "lease_token")
+    _add_columns(conn, attempts, "stale")
+
+
 def _add_ordering(conn: sa.Connection) -> None:
-    """Version 3: the ordering key and time of each delivery, and the index of the head check.
+    """Version 4: the ordering key and time of each delivery, and the index of the head check.
     Existing rows keep ``order_key`` NULL (unordered)."""
-    _add_missing_columns(conn, deliveries, "order_key", "order_at")
-    _create_missing_index(conn, deliveries, "ix_deliveries_order")
+    _add_columns(conn, deliveries, "order_key", "order_at")
+    next(i for i in deliveries.indexes if i.name == "ix_deliveries_order").create(
+        conn, checkfirst=True
+    )
 
 
 # Each migration brings the schema from version i to i + 1.
 MIGRATIONS: list[Callable[[sa.Connection], None]] = [
     _create_tables,
     _add_dead_letter_outbox,
+    _add_fencing,
     _add_ordering,
 ]

@@ -20,6 +20,7 @@ from cxbridge.store._schema import (
 )
 
 __all__ = [
+    "DB_NOW",
     "_ATTEMPT_KEYS",
     "_CLAIM_DEAD_LEFT_OVER",
     "_CLAIM_DEAD_OF",
@@ -29,12 +30,11 @@ __all__ = [
     "_HAS_EVENT",
     "_INSERT_ATTEMPT",
     "_INSERT_DEAD",
-    "_IS_HEAD",
-    "_KEY_LOCK",
-    "_LEASE",
     "_MARK_ENQUEUED",
-    "_STILL_HEAD",
     "_Compiled",
+    "is_head",
+    "key_turn_statements",
+    "lease_statement",
 ]
 
 # The statements of the hot path (ingest and every attempt), built once with bound parameters:
@@ -62,57 +62,83 @@ _DISABLED_REASON = (
     .scalar_subquery()
     .label("disabled_reason")
 )
-# Per-key order: a delivery with an ordering key may be attempted only while no other pending
-# delivery of its key (same tenant, destination and key) comes before it (event time, then arrival,
-# then id: a total order, so one key never has two heads) or is being attempted right now (an event
-# that arrives late but occurred earlier waits for the attempt in flight). Used by the lease, the
-# sweep and the enqueueing of heads; the subquery is an index lookup (``ix_deliveries_order``).
+# The database's clock in epoch seconds (PostgreSQL), for lease times: see ``Store.db_clock``.
+DB_NOW = sa.extract("epoch", sa.func.clock_timestamp())
+
+
 _other = deliveries.alias("other")
-_IS_HEAD = sa.or_(
-    _c.order_key.is_(None),
-    ~sa.exists().where(
-        _other.c.order_key == _c.order_key,
-        _other.c.tenant == _c.tenant,
-        _other.c.destination == _c.destination,
-        _other.c.status == PENDING,
-        _other.c.id != _c.id,
-        sa.or_(
-            sa.tuple_(_other.c.order_at, _other.c.created_at, _other.c.id)
-            < sa.tuple_(_c.order_at, _c.created_at, _c.id),
-            _other.c.lease_until >= sa.bindparam("b_now"),
+
+
+def is_head(lease_now: sa.ColumnElement[Any]) -> sa.ColumnElement[bool]:
+    """Per-key order: a delivery with an ordering key may be attempted only while no other pending
+    delivery of its key (same tenant, destination and key) comes before it (event time, then
+    arrival, then id: a total order, so one key never has two heads) or holds a live lease (an event
+    that arrives late but occurred earlier waits for the attempt in flight). Used by the lease, the
+    sweep and the enqueueing of heads; the subquery is an index lookup (``ix_deliveries_order``).
+    ``lease_now`` as for :func:`lease_statement`."""
+    return sa.or_(
+        _c.order_key.is_(None),
+        ~sa.exists().where(
+            _other.c.order_key == _c.order_key,
+            _other.c.tenant == _c.tenant,
+            _other.c.destination == _c.destination,
+            _other.c.status == PENDING,
+            _other.c.id != _c.id,
+            sa.or_(
+                sa.tuple_(_other.c.order_at, _other.c.created_at, _other.c.id)
+                < sa.tuple_(_c.order_at, _c.created_at, _c.id),
+                _other.c.lease_until >= lease_now,
+            ),
         ),
-    ),
-)
-_LEASE = (
-    deliveries.update()
-    .where(
-        _c.id == sa.bindparam("b_id"),
-        _c.status == PENDING,
-        sa.or_(_c.next_attempt_at.is_(None), _c.next_attempt_at <= sa.bindparam("b_now")),
-        sa.or_(_c.lease_until.is_(None), _c.lease_until < sa.bindparam("b_now")),
-        _IS_HEAD,
     )
-    .values(lease_until=sa.bindparam("b_lease_until"))
-    .returning(*deliveries.c, _DISABLED_REASON)
-)
-# PostgreSQL only, in the lease's transaction after ``_LEASE`` took an ordered delivery: the leases
-# of one ordering key take turns. Under READ COMMITTED two leases of one key would each miss the
-# other's uncommitted lease (a delivery whose event occurred earlier but arrived later could be
-# leased beside the one in flight), so the lease takes the key's advisory lock, held until commit,
-# and then checks again, in a fresh snapshot, that its delivery is still the head; if not, the lease
-# is rolled back. Unordered leases skip both, so they cost no round trip more. The two-integer key
-# space is ours alone (0x63786272, "cxbr"); a hash collision only makes two keys take turns.
-_KEY_LOCK = sa.select(
-    sa.func.pg_advisory_xact_lock(
-        sa.literal_column("1668833906"),
-        sa.func.hashtext(_c.tenant + " " + _c.destination + " " + _c.order_key),
+
+
+def lease_statement(lease_now: sa.ColumnElement[Any]) -> sa.Update:
+    """The lease: a pending, due delivery that no live lease holds gets a fresh lease, a fencing
+    token, and the next attempt number (``attempts + 1``: each lease takes its own, so a late
+    result can never share a number with the attempt that replaced it). ``lease_now`` is the
+    clock lease times are on (the bound ``b_lease_now``, or :data:`DB_NOW`)."""
+    return (
+        deliveries.update()
+        .where(
+            _c.id == sa.bindparam("b_id"),
+            _c.status == PENDING,
+            sa.or_(_c.next_attempt_at.is_(None), _c.next_attempt_at <= sa.bindparam("b_now")),
+            sa.or_(_c.lease_until.is_(None), _c.lease_until < lease_now),
+            is_head(lease_now),
+        )
+        .values(
+            lease_until=lease_now + sa.bindparam("b_lease_seconds"),
+            lease_token=sa.bindparam("b_token"),
+            attempts=_c.attempts + 1,
+        )
+        .returning(*deliveries.c, _DISABLED_REASON)
     )
-).where(_c.id == sa.bindparam("b_id"))
-_STILL_HEAD = sa.select(_c.id).where(_c.id == sa.bindparam("b_id"), _IS_HEAD)
+
+
+def key_turn_statements(lease_now: sa.ColumnElement[Any]) -> tuple[sa.Select[Any], ...]:
+    """PostgreSQL only, in the lease's transaction after :func:`lease_statement` took an ordered
+    delivery: the leases of one ordering key take turns. Under READ COMMITTED two leases of one key
+    would each miss the other's uncommitted lease (a delivery whose event occurred earlier but
+    arrived later could be leased beside the one in flight), so the lease takes the key's advisory
+    lock, held until commit, and then checks again, in a fresh snapshot, that its delivery is still
+    the head (no row: roll the lease back). Unordered leases skip both, so they cost no round trip
+    more. The two-integer key space is ours alone (0x63786272, "cxbr"); a hash collision only makes
+    two keys take turns."""
+    key_lock = sa.select(
+        sa.func.pg_advisory_xact_lock(
+            sa.literal_column("1668833906"),
+            sa.func.hashtext(_c.tenant + " " + _c.destination + " " + _c.order_key),
+        )
+    ).where(_c.id == sa.bindparam("b_id"))
+    return key_lock, sa.select(_c.id).where(_c.id == sa.bindparam("b_id"), is_head(lease_now))
+
+
 _INSERT_ATTEMPT = attempts.insert()
+# Fenced: only the holder of the lease's token records a result (rowcount 0: the result is stale).
 _FINISH = (
     deliveries.update()
-    .where(_c.id == sa.bindparam("b_id"))
+    .where(_c.id == sa.bindparam("b_id"), _c.lease_token == sa.bindparam("b_token"))
     .values(
         status=sa.bindparam("b_status"),
         attempts=sa.bindparam("b_attempts"),
@@ -121,6 +147,7 @@ _FINISH = (
         next_attempt_at=sa.bindparam("b_next_attempt_at"),
         enqueued_at=sa.bindparam("b_enqueued_at"),
         lease_until=None,
+        lease_token=None,
         delivered_at=sa.bindparam("b_delivered_at"),
         last_error=sa.bindparam("b_last_error"),
         remote_id=sa.bindparam("b_remote_id"),
@@ -139,6 +166,7 @@ _ATTEMPT_KEYS = (
     "retry_after",
     "remote_id",
     "response_excerpt",
+    "stale",
 )
 _DEAD_KEYS = ("delivery_id", "tenant", "destination", "reason", "dead_at")
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterable, Iterator, Sequence
-from datetime import datetime
+import secrets
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -45,12 +46,12 @@ from cxbridge.store._statements import (
     _HAS_EVENT,
     _INSERT_ATTEMPT,
     _INSERT_DEAD,
-    _IS_HEAD,
-    _KEY_LOCK,
-    _LEASE,
     _MARK_ENQUEUED,
-    _STILL_HEAD,
+    DB_NOW,
     _Compiled,
+    is_head,
+    key_turn_statements,
+    lease_statement,
 )
 
 __all__ = ["Store"]
@@ -67,18 +68,28 @@ class Store:
         self.url = normalize_database_url(url)
         self.clock = clock or SystemClock()
         self.is_sqlite = self.url.startswith("sqlite")
+        # Lease times (``lease_until`` and the "now" it is compared with) come from PostgreSQL's
+        # clock when the engine runs on the system clock: workers on machines whose clocks disagree
+        # then agree on when a lease runs out. Due times stay on the engine's clock (a message
+        # delayed by the broker must find its delivery due). SQLite is one machine, and an injected
+        # clock (tests) stays in charge of every time so that tests are deterministic.
+        self.db_clock = not self.is_sqlite and isinstance(self.clock, SystemClock)
+        self._lease_now: sa.ColumnElement[Any] = (
+            DB_NOW if self.db_clock else sa.bindparam("b_lease_now", type_=sa.Float)
+        )
         # Writes go through ``self.engine`` inside :meth:`_write`; reads through ``self._reader``.
         self.engine, self._reader, self._write_lock, self._insert = create_engines(self.url)
         # RETURNING, not rowcount: SQLAlchemy does not keep an INSERT's rowcount on psycopg (-1),
         # which made a concurrent accept of one event id on PostgreSQL insert its deliveries twice.
         self._insert_event = self._insert(events).on_conflict_do_nothing().returning(events.c.id)
         dialect = self.engine.dialect
-        self._lease_sql = _Compiled(_LEASE, dialect)
+        self._lease_sql = _Compiled(lease_statement(self._lease_now), dialect)
+        self._is_head = is_head(self._lease_now)
         # SQLite runs one write transaction at a time: a lease there always sees the others.
         self._key_turn_sql = (
             None
             if self.is_sqlite
-            else (_Compiled(_KEY_LOCK, dialect), _Compiled(_STILL_HEAD, dialect))
+            else tuple(_Compiled(s, dialect) for s in key_turn_statements(self._lease_now))
         )
         self._insert_attempt_sql = _Compiled(_INSERT_ATTEMPT, dialect, _ATTEMPT_KEYS)
         self._finish_sql = _Compiled(_FINISH, dialect)
@@ -117,6 +128,13 @@ class Store:
 
     def now(self) -> float:
         return self.clock.now().timestamp()
+
+    def lease_now(self) -> datetime:
+        """ "Now" on the clock of lease times (see ``db_clock``)."""
+        if not self.db_clock:
+            return self.clock.now()
+        with self._reader.connect() as conn:
+            return datetime.fromtimestamp(float(conn.execute(sa.select(DB_NOW)).scalar_one()), UTC)
 
     def migrate(self) -> int:
         """Apply pending migrations; returns the schema version."""
@@ -239,13 +257,23 @@ class Store:
         destination is disabled (``None`` while it is enabled). ``None`` if the delivery is not
         pending, not due, leased by another worker, or waiting behind an earlier delivery of its
         ordering key: two copies of one message never send twice at once, and one key never has
-        two attempts in flight."""
+        two attempts in flight.
+
+        The record carries the lease's fencing token (``lease_token``), which every write that
+        finishes the attempt must present, and this attempt's number in ``attempts`` (each lease
+        takes the next one)."""
         try:
             with self._raw_write() as cursor:
                 # "now" once the write lock is held: read before waiting for it, a delivery that
                 # became due meanwhile would look early.
                 now = self.now()
-                params = {"b_id": delivery_id, "b_now": now, "b_lease_until": now + lease_seconds}
+                params = {
+                    "b_id": delivery_id,
+                    "b_now": now,
+                    "b_lease_now": now,
+                    "b_lease_seconds": lease_seconds,
+                    "b_token": secrets.token_hex(16),
+                }
                 cursor.execute(self._lease_sql.sql, self._lease_sql.args(params))
                 row = cursor.fetchone()
                 names = [column[0] for column in cursor.description]
@@ -260,13 +288,31 @@ class Store:
 
     def _wait_for_turn(self, cursor: Any, params: dict[str, Any]) -> None:
         """PostgreSQL, inside the transaction that just leased an ordered delivery: take its key's
-        lock, then check in a fresh snapshot that it is still the head (see ``_KEY_LOCK``). Raises
-        :class:`_NotHead` (rolling the lease back) if a lease of the key committed meanwhile."""
+        lock, then check in a fresh snapshot that it is still the head (see
+        :func:`key_turn_statements`). Raises :class:`_NotHead`, rolling the lease back, if a lease
+        of the key committed meanwhile."""
         assert self._key_turn_sql is not None
         for compiled in self._key_turn_sql:
             cursor.execute(compiled.sql, compiled.args(params))
         if cursor.fetchone() is None:
             raise _NotHead
+
+    def extend_leases(self, leases: Mapping[str, str], lease_seconds: float) -> set[str]:
+        """Renew the leases given as ``{token: delivery id}`` that still hold their deliveries, to
+        ``lease_seconds`` from now; returns the tokens renewed (a missing one lost its lease)."""
+        if not leases:
+            return set()
+        c = deliveries.c
+        statement = (
+            deliveries.update()
+            # By primary key; a random token matches only the row it was issued for.
+            .where(c.id.in_(list(leases.values())), c.lease_token.in_(list(leases)))
+            .where(c.status == PENDING)
+            .values(lease_until=self._lease_now + lease_seconds)
+            .returning(c.lease_token)
+        )
+        with self._write() as conn:
+            return set(conn.execute(statement, {"b_lease_now": self.now()}).scalars())
 
     def finish_attempt(
         self,
@@ -276,8 +322,12 @@ class Store:
         next_attempt_at: datetime | None,
         dead_reason: str | None,
         enqueued_at: datetime | None = None,
-    ) -> None:
-        """Record one attempt and the delivery's new state, atomically."""
+    ) -> bool:
+        """Record one attempt and the delivery's new state, atomically, if the attempt still holds
+        its lease (``record.lease_token``). Returns ``False`` for a stale result, whose lease ran
+        out and was taken by another attempt: then only the attempt row is written, marked
+        ``stale``, and nothing else changes (no status, retry, dead letter or disabled
+        destination)."""
         outcome = attempt.outcome
         now = self.now()
         if outcome.ok:
@@ -304,6 +354,7 @@ class Store:
         }
         update = {
             "b_id": record.id,
+            "b_token": record.lease_token,
             "b_status": status,
             "b_attempts": attempt.number,
             "b_now": now,
@@ -315,11 +366,12 @@ class Store:
             "b_remote_id": outcome.remote_id or record.remote_id,
         }
         with self._raw_write() as cursor:
-            for compiled, params in (
-                (self._insert_attempt_sql, attempt_row),
-                (self._finish_sql, update),
-            ):
-                cursor.execute(compiled.sql, compiled.args(params))
+            cursor.execute(self._finish_sql.sql, self._finish_sql.args(update))
+            fresh = bool(cursor.rowcount == 1)
+            attempt_row["stale"] = not fresh
+            cursor.execute(self._insert_attempt_sql.sql, self._insert_attempt_sql.args(attempt_row))
+            if not fresh:
+                return False
             if status == DEAD:
                 dead = self._dead_row(
                     record.id, record.tenant, record.destination, dead_reason or "", now
@@ -333,27 +385,41 @@ class Store:
                     "disabled_at": now,
                 }
                 cursor.execute(self._disable_sql.sql, self._disable_sql.args(disabled))
+        return True
 
-    def kill(self, record: DeliveryRecord, reason: str) -> None:
-        """Dead-letter a delivery without an attempt (destination removed or disabled)."""
+    def kill(self, record: DeliveryRecord, reason: str) -> bool:
+        """Dead-letter a leased delivery without an attempt (destination removed or disabled).
+        Fenced like :meth:`finish_attempt`: returns ``False``, changing nothing, if the lease
+        (``record.lease_token``) was lost."""
         now = self.now()
+        c = deliveries.c
         with self._write() as conn:
-            conn.execute(
+            killed = conn.execute(
                 deliveries.update()
-                .where(deliveries.c.id == record.id)
-                .values(status=DEAD, updated_at=now, lease_until=None, last_error=reason)
-            )
+                .where(c.id == record.id, c.lease_token == record.lease_token)
+                .values(
+                    status=DEAD,
+                    updated_at=now,
+                    lease_until=None,
+                    lease_token=None,
+                    # The lease took an attempt number for an attempt that is not made.
+                    attempts=c.attempts - 1,
+                    last_error=reason,
+                )
+            ).rowcount
+            if not killed:
+                return False
             conn.execute(
                 dead_letters.insert().values(
                     self._dead_row(record.id, record.tenant, record.destination, reason, now)
                 )
             )
+        return True
 
-    def due(self, *, lost_after: float, limit: int = 1000) -> list[str]:
-        """Pending deliveries that need a message now: due and never enqueued for this attempt, or
-        enqueued ``lost_after`` seconds ago and still not picked up (message lost, worker killed).
-        A delivery waiting behind an earlier one of its ordering key is not due until it is the
-        head."""
+    def due(self, *, limit: int = 1000) -> list[str]:
+        """Pending deliveries that are due, not leased, and have no message for this attempt yet
+        (new, or back from a long wait in the store), most overdue first. A delivery waiting behind
+        an earlier one of its ordering key is not due until it is the head."""
         now = self.now()
         c = deliveries.c
         query = (
@@ -361,19 +427,15 @@ class Store:
             .where(
                 c.status == PENDING,
                 c.next_attempt_at <= now,
-                sa.or_(c.lease_until.is_(None), c.lease_until < now),
-                sa.or_(
-                    c.enqueued_at.is_(None),
-                    c.enqueued_at < c.next_attempt_at,
-                    c.enqueued_at < now - lost_after,
-                ),
+                self._not_leased(),
+                sa.or_(c.enqueued_at.is_(None), c.enqueued_at < c.next_attempt_at),
+                self._is_head,
             )
-            .where(_IS_HEAD)
             .order_by(c.next_attempt_at)
             .limit(limit)
         )
         with self._reader.connect() as conn:
-            return list(conn.execute(query, {"b_now": now}).scalars())
+            return list(conn.execute(query, {"b_lease_now": now}).scalars())
 
     # -- per-key order ---------------------------------------------------------------------------
 
@@ -382,9 +444,9 @@ class Store:
         heads (no earlier delivery of the key pending, none being attempted)."""
         if not ids:
             return []
-        query = sa.select(deliveries.c.id).where(deliveries.c.id.in_(list(ids)), _IS_HEAD)
+        query = sa.select(deliveries.c.id).where(deliveries.c.id.in_(list(ids)), self._is_head)
         with self._reader.connect() as conn:
-            ready = set(conn.execute(query, {"b_now": self.now()}).scalars())
+            ready = set(conn.execute(query, {"b_lease_now": self.now()}).scalars())
         return [i for i in ids if i in ready]
 
     def next_heads(self, record: DeliveryRecord) -> list[str]:
@@ -401,11 +463,11 @@ class Store:
             c.status == PENDING,
             c.id != record.id,
             c.next_attempt_at <= now,
-            sa.or_(c.lease_until.is_(None), c.lease_until < now),
-            _IS_HEAD,
+            self._not_leased(),
+            self._is_head,
         )
         with self._reader.connect() as conn:
-            return list(conn.execute(query, {"b_now": now}).scalars())
+            return list(conn.execute(query, {"b_lease_now": now}).scalars())
 
     def park(self, delivery_id: str) -> bool:
         """Forget the message of an ordered delivery that must wait behind an earlier one of its
@@ -414,11 +476,48 @@ class Store:
         c = deliveries.c
         statement = (
             deliveries.update()
-            .where(c.id == delivery_id, c.status == PENDING, c.order_key.is_not(None), ~_IS_HEAD)
+            .where(
+                c.id == delivery_id,
+                c.status == PENDING,
+                c.order_key.is_not(None),
+                ~self._is_head,
+            )
             .values(enqueued_at=None)
         )
         with self._write() as conn:
-            return bool(conn.execute(statement, {"b_now": self.now()}).rowcount)
+            return bool(conn.execute(statement, {"b_lease_now": self.now()}).rowcount)
+
+    def count_awaiting_message(self) -> int:
+        """How many pending deliveries were enqueued for their current attempt and are not leased:
+        each of them should have a message in the broker (ready, delayed, or fetched by a worker
+        that has not leased it yet)."""
+        query = sa.select(sa.func.count()).select_from(deliveries).where(*self._awaiting_message())
+        with self._reader.connect() as conn:
+            return int(conn.execute(query, {"b_lease_now": self.now()}).scalar() or 0)
+
+    def awaiting_message(self, *, enqueued_before: float, limit: int) -> list[str]:
+        """Up to ``limit`` of :meth:`count_awaiting_message`'s deliveries enqueued before
+        ``enqueued_before`` (epoch seconds), longest waiting first."""
+        c = deliveries.c
+        query = (
+            sa.select(c.id)
+            .where(*self._awaiting_message(), c.enqueued_at < enqueued_before)
+            .order_by(c.enqueued_at)
+            .limit(limit)
+        )
+        with self._reader.connect() as conn:
+            return list(conn.execute(query, {"b_lease_now": self.now()}).scalars())
+
+    def _awaiting_message(self) -> list[sa.ColumnElement[bool]]:
+        c = deliveries.c
+        # enqueued_at >= next_attempt_at: enqueued for this attempt (a short retry's message is
+        # marked with its due time; NULL never compares true).
+        return [c.status == PENDING, c.enqueued_at >= c.next_attempt_at, self._not_leased()]
+
+    def _not_leased(self) -> sa.ColumnElement[bool]:
+        """No live lease (executed with ``b_lease_now``, ignored on the database's clock)."""
+        c = deliveries.c
+        return sa.or_(c.lease_until.is_(None), c.lease_until < self._lease_now)
 
     # -- destinations ----------------------------------------------------------------------------
 
