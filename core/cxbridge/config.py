@@ -11,7 +11,7 @@ model::
     retry: {window: 86400}           # tenant-wide retry defaults
     destinations:
       qa-webhook:
-        type: http                   # core keys: type, events, when, enabled, retry
+        type: http                   # core keys: type, events, when, enabled, retry, ordered
         events: [quality_score]
         when: qi.score < 50
         url: https://example.com/hook
@@ -53,7 +53,7 @@ __all__ = [
 ]
 
 _M = TypeVar("_M", bound=BaseModel)
-CORE_DESTINATION_KEYS = ("type", "events", "when", "enabled", "retry")
+CORE_DESTINATION_KEYS = ("type", "events", "when", "enabled", "retry", "ordered")
 ALL_EVENTS = "*"
 
 
@@ -71,6 +71,7 @@ class _CoreDestination(BaseModel):
     when: Condition | None = None
     enabled: bool = True
     retry: dict[str, Any] | None = None
+    ordered: bool | None = None  # None: the destination type's default
 
 
 class _TenantFile(BaseModel):
@@ -407,6 +408,7 @@ class _Loader:
             when=core.when,
             retry=retry,
             retry_by_event=retry_by_event,
+            ordered=core.ordered if core.ordered is not None else dtype.ordering == "call",
         )
 
     def _events(self, names: list[str], where: tuple[str | int, ...]) -> set[str]:
@@ -516,6 +518,11 @@ def tenant_json_schema(destination_types: Mapping[str, DestinationType]) -> dict
             "when": {"type": "string", "description": "Liquid condition, e.g. qi.score < 50"},
             "enabled": {"type": "boolean"},
             "retry": {"$ref": "#/$defs/RetryPolicy"},
+            "ordered": {
+                "type": "boolean",
+                "description": "attempt the events of one call one at a time, in order "
+                f"(default for this type: {'on' if dtype.ordering else 'off'})",
+            },
             **schema.get("properties", {}),
         }
         variants.append(

@@ -61,9 +61,16 @@ deliveries = sa.Table(
     sa.Column("delivered_at", sa.Float),
     sa.Column("last_error", sa.Text),
     sa.Column("remote_id", sa.String(200)),
+    # Per-key order (schema version 5): deliveries of one ordering key (the call, per destination)
+    # are attempted one at a time, by the event's time (``order_at``), then arrival (``created_at``).
+    # NULL: unordered.
+    sa.Column("order_key", sa.String(200)),
+    sa.Column("order_at", sa.Float),
     sa.Index("ix_deliveries_due", "status", "next_attempt_at"),
     sa.Index("ix_deliveries_filter", "tenant", "destination", "status", "created_at"),
     sa.Index("ix_deliveries_event", "tenant", "event_id"),
+    # The head check of every lease looks up the pending deliveries of one key.
+    sa.Index("ix_deliveries_order", "order_key", "tenant", "destination", "status", "order_at"),
 )
 attempts = sa.Table(
     "attempts",
@@ -169,10 +176,20 @@ def _add_notices(conn: sa.Connection) -> None:
     notices.create(conn, checkfirst=True)
 
 
+def _add_ordering(conn: sa.Connection) -> None:
+    """Version 5: the ordering key and time of each delivery, and the index of the head check.
+    Existing rows keep ``order_key`` NULL (unordered)."""
+    _add_columns(conn, deliveries, "order_key", "order_at")
+    next(i for i in deliveries.indexes if i.name == "ix_deliveries_order").create(
+        conn, checkfirst=True
+    )
+
+
 # Each migration brings the schema from version i to i + 1.
 MIGRATIONS: list[Callable[[sa.Connection], None]] = [
     _create_tables,
     _add_dead_letter_outbox,
     _add_fencing,
     _add_notices,
+    _add_ordering,
 ]
