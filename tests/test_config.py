@@ -344,3 +344,37 @@ def test_validate_names_the_subscribed_event_type_a_template_variable_is_missing
     assert problem.startswith(
         f"{path}:7:25: destinations.hook.body.summary: 'ai.summary' is not in quality_score events"
     ), problem
+
+
+def test_an_invalid_option_hides_no_template_problem_of_the_same_destination(tmp_path, types):
+    path = write(
+        tmp_path,
+        """
+        tenant: acme
+        destinations:
+          hook:
+            type: http
+            events: [call_summary]
+            url: not a url
+            body: {a: "{{ ai.summry }}"}
+        """,
+    )
+    problems = problems_of(path, types)
+    assert any(":6:10: destinations.hook.url: not an http(s) URL" in p for p in problems), problems
+    assert any("did you mean 'ai.summary'" in p for p in problems), problems
+
+
+def test_shell_style_defaults_are_refused_not_left_literal(tmp_path, types):
+    path = write(
+        tmp_path,
+        """
+        tenant: acme
+        destinations:
+          hook:
+            type: http
+            events: [call_summary]
+            url: "https://x.example/${ACME_PATH:-default}"
+        """,
+    )
+    (problem,) = problems_of(path, types)
+    assert problem.startswith(f"{path}:6:29: unsupported reference '${{ACME_PATH:-default}}'")

@@ -22,6 +22,7 @@ Every problem of every file is reported at once, each as ``file:line:col: messag
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import os
@@ -34,7 +35,8 @@ from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic.fields import FieldInfo
 
 from cxbridge.destinations import Destination, DestinationType
 from cxbridge.errors import ConfigError, ConfigProblem
@@ -279,8 +281,12 @@ class _Loader:
             if (dest := self._destination(tenant, name, raw, timezone)) is not None
         }
         if self.problems:
-            self.problems.sort(key=lambda p: (p.line, p.column))
-            raise ConfigError(self.problems, tenant=tenant.tenant)
+            # One problem per position: a value that names a missing ${VAR} is not also reported
+            # as an empty URL, secret, etc.
+            first = {(p.line, p.column): p for p in reversed(self.problems)}
+            raise ConfigError(
+                sorted(first.values(), key=lambda p: (p.line, p.column)), tenant=tenant.tenant
+            )
         return TenantConfig(
             name=tenant.tenant,
             file=self.path,
@@ -390,9 +396,11 @@ class _Loader:
             pos = self.doc.position(where, key=True)
             message = f"destinations.{name}: warning: {warning.message}"
             self.warnings.append(ConfigProblem(str(self.path), pos.line, pos.column, message))
-        if options is not None:
-            for path, template in _templates(options):
-                self._check_template(template, events, (*where, *path))
+        # When the options as a whole are refused, the keys that are valid on their own still have
+        # their templates checked: one run of `validate` reports every problem.
+        checked = options if options is not None else _valid_fields(dtype.options, options_data)
+        for path, template in _templates(checked):
+            self._check_template(template, events, (*where, *path))
         if core is not None and core.when is not None:
             self._check_template(core.when, events, (*where, "when"))
         if len(self.problems) > before or options is None or core is None:
@@ -476,12 +484,24 @@ class _Loader:
         )
 
 
+def _valid_fields(model: type[BaseModel], data: Mapping[str, Any]) -> dict[str, Any]:
+    """Each field of ``data`` that validates on its own against its type in ``model``."""
+    valid = {}
+    for name, info in model.model_fields.items():
+        key = _key(name, info)
+        if key in data and info.annotation is not None:
+            with contextlib.suppress(ValidationError, TypeError, ValueError):
+                valid[name] = TypeAdapter(info.annotation).validate_python(data[key])
+    return valid
+
+
+def _key(name: str, info: FieldInfo) -> str:
+    return info.validation_alias if isinstance(info.validation_alias, str) else info.alias or name
+
+
 def _keys(model: type[BaseModel]) -> list[str]:
     """The keys a model takes in a file: each field's alias where it has one, else its name."""
-    return [
-        info.validation_alias if isinstance(info.validation_alias, str) else info.alias or name
-        for name, info in model.model_fields.items()
-    ]
+    return [_key(name, info) for name, info in model.model_fields.items()]
 
 
 def _templates(
