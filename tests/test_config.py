@@ -20,6 +20,12 @@ EXAMPLE_ENV = {
     "ACME_WEBHOOK_URL": "http://127.0.0.1:9/hook",
     "ACME_ESCALATION_URL": "http://127.0.0.1:9/escalations",
     "ACME_TICKETS_URL": "http://127.0.0.1:9/tickets",
+    "ACME_SF_ENDPOINT": "http://127.0.0.1:9/salesforce",
+    "ACME_SF_CONSUMER_KEY": "key",
+    "ACME_SF_CONSUMER_SECRET": "secret",
+    "ACME_ZENDESK_ENDPOINT": "http://127.0.0.1:9/zendesk",
+    "ACME_ZENDESK_EMAIL": "bot@acme.test",
+    "ACME_ZENDESK_TOKEN": "token",
     "ACME_WEBHOOK_SECRET": SECRET,
 }
 EXAMPLES = Path(__file__).parent.parent / "examples"
@@ -199,7 +205,13 @@ def test_env_references_are_substituted_and_dollar_dollar_escapes(tmp_path, type
 
 def test_the_example_tenant_is_valid(types):
     tenants = load_config_dir(EXAMPLES / "tenants", types, EXAMPLE_ENV)
-    assert set(tenants["acme"].destinations) == {"qa-webhook", "escalations", "tickets"}
+    assert set(tenants["acme"].destinations) == {
+        "qa-webhook",
+        "escalations",
+        "tickets",
+        "crm",
+        "helpdesk",
+    }
     assert tenants["acme"].timezone == "Europe/Berlin"
 
 

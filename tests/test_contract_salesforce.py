@@ -1,4 +1,4 @@
-"""The Salesforce plugin passes the plugin kit's contract against the fake org in tests/fakes/."""
+"""The Salesforce plugin passes the plugin kit's contract against the fake org in core/cxbridge/testing/fakes/."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from cxbridge.testing import PluginContract
-from tests.fakes.salesforce import FakeSalesforce
+from cxbridge.testing.fakes.salesforce import FakeSalesforce
 
 FOREVER = 10_000  # fault answers "from now on": more than any test sends
 

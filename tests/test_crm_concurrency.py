@@ -17,9 +17,9 @@ from cxbridge import Event, parse_event
 from cxbridge.engine import Engine
 from cxbridge.plugins import PluginManager
 from cxbridge.store import DeliveryFilter
+from cxbridge.testing.fakes.salesforce import FakeSalesforce
+from cxbridge.testing.fakes.zendesk import FakeZendesk
 from tests.engine_support import MakeEngine, wait_until_settled
-from tests.fakes.salesforce import FakeSalesforce
-from tests.fakes.zendesk import FakeZendesk
 from tests.test_crm_engine import (  # noqa: F401 - salesforce and zendesk are fixtures
     salesforce,
     salesforce_tenant,

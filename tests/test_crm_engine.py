@@ -25,9 +25,9 @@ from cxbridge.engine import Engine
 from cxbridge.plugins import PluginManager
 from cxbridge.replay import replay
 from cxbridge.store import DeliveryFilter
+from cxbridge.testing.fakes.salesforce import FakeSalesforce
+from cxbridge.testing.fakes.zendesk import FakeZendesk
 from tests.engine_support import MakeEngine
-from tests.fakes.salesforce import FakeSalesforce
-from tests.fakes.zendesk import FakeZendesk
 from tests.scripted_plugin import ScriptedPlugin
 from tests.test_salesforce import LIFECYCLE as SF_EVENTS
 from tests.test_zendesk import KINDS, QA_FIELD

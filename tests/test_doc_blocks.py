@@ -23,7 +23,6 @@ import yaml
 from cxbridge.cli import cli
 from cxbridge.config import load_tenant
 from cxbridge.plugins import PluginManager
-from cxbridge.signing import generate_secret
 from tests.test_plugin_readmes import _env_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,33 +121,26 @@ def test_every_doc_has_checked_blocks():
     assert of("yaml") and of("python") and of("sh", "console")
 
 
-def test_the_readme_python_example_runs(tmp_path: Path):
-    from tests.http_sink import HttpSink, Reply
+def test_the_readme_python_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from cxbridge.demo import example_endpoints
 
     ((body,),) = [
         [b] for where, lang, b in BLOCKS if where.startswith("README") and lang == "python"
     ]
     (tmp_path / "examples").symlink_to(ROOT / "examples")
-    with HttpSink() as sink:
-        sink.reply("/qa", Reply(200))
-        sink.reply("/tickets", Reply(201))
-        env = {
-            **os.environ,
-            "ACME_API_KEY": "k",
-            "ACME_WEBHOOK_URL": sink.url("/qa"),
-            "ACME_ESCALATION_URL": sink.url("/escalations"),
-            "ACME_TICKETS_URL": sink.url("/tickets"),
-            "ACME_WEBHOOK_SECRET": generate_secret(),
-        }
+    for name in [n for n in os.environ if n.startswith("ACME_")]:
+        monkeypatch.delenv(name)
+    with example_endpoints() as endpoints:  # sets the example tenant's variables, as the demo does
+        endpoints.receiver.rejecting = False
         result = subprocess.run(
             [sys.executable, "-c", body],
             cwd=tmp_path,
-            env=env,
             capture_output=True,
             text=True,
             timeout=60,
             check=False,
         )
-        assert result.returncode == 0, result.stderr
-        assert result.stdout.count("delivered [AttemptRecord(") == 2, result.stdout
-        assert len(sink.to("/qa")) == 1 and len(sink.to("/tickets")) == 1
+    assert result.returncode == 0, result.stderr
+    # call_summary goes to the BI webhook, the ticketing endpoint, Salesforce and Zendesk
+    assert result.stdout.count("delivered [AttemptRecord(") == 4, result.stdout
+    assert len(endpoints.salesforce.records["Task"]) == 1 and len(endpoints.zendesk.tickets) == 1

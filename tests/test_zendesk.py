@@ -1,5 +1,5 @@
 """The Zendesk plugin, end to end: the real zenpy client against the fake Zendesk in
-tests/fakes/zendesk.py."""
+core/cxbridge/testing/fakes/zendesk.py."""
 
 from __future__ import annotations
 
@@ -29,8 +29,8 @@ from cxbridge import (
 )
 from cxbridge.config import load_tenant
 from cxbridge.plugins import PluginManager
+from cxbridge.testing.fakes.zendesk import FakeZendesk
 from cxbridge_zendesk import ZendeskOptions
-from tests.fakes.zendesk import FakeZendesk
 from tests.http_sink import closed_port
 
 ALL_EVENTS = frozenset({"call_create", "call_outcome", "call_summary", "quality_score"})

@@ -104,14 +104,19 @@ def run_serve(
 def _example_receiver(settings: ServiceSettings) -> Iterator[None]:
     """On the example tenant with its variables unset, do as ``cxbridge demo``: a local receiver
     that verifies signatures (its ticketing endpoint rejects everything, so call summaries become
-    dead letters for the Copilot panel), and the API key ``demo-key``: the service runs out of the box."""
+    dead letters for the Copilot panel), fake Salesforce and Zendesk servers, and the API key
+    ``demo-key``: the service runs out of the box."""
     if settings.config_dir != EXAMPLES or "ACME_WEBHOOK_URL" in os.environ:
         yield
         return
-    from cxbridge.demo import DemoReceiver, point_example_tenant
-    from cxbridge.signing import generate_secret
+    from cxbridge.demo import example_endpoints
 
-    with DemoReceiver(generate_secret()) as receiver:
-        point_example_tenant(receiver)
-        log.warning("example tenant acme: API key from ACME_API_KEY, receiver at %s", receiver.base)
+    with example_endpoints() as endpoints:
+        log.warning(
+            "example tenant acme: API key from ACME_API_KEY, receiver at %s, fake Salesforce at "
+            "%s, fake Zendesk at %s",
+            endpoints.receiver.base,
+            endpoints.salesforce.url,
+            endpoints.zendesk.url,
+        )
         yield
