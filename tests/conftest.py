@@ -91,17 +91,23 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The store's database URL: a SQLite file, or a clean PostgreSQL database."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'store.db'}"
-    url: str = request.getfixturevalue("_postgres_database")
+    url: str = request.getfixturevalue("postgres_store_url")
+    return url
+
+
+@pytest.fixture
+def postgres_store_url(_postgres_database: str) -> str:
+    """A clean PostgreSQL database for a store (for what only PostgreSQL does)."""
     import sqlalchemy as sa
 
     from cxbridge.store import metadata, schema_version
 
-    engine = sa.create_engine(url)
+    engine = sa.create_engine(_postgres_database)
     with engine.begin() as conn:
         metadata.drop_all(conn)
         schema_version.drop(conn, checkfirst=True)
     engine.dispose()
-    return url
+    return _postgres_database
 
 
 @pytest.fixture

@@ -374,14 +374,12 @@ def test_migrating_a_database_from_before_ordering_adds_its_columns(store_url: s
 
 
 def test_leases_of_one_key_take_turns_on_postgresql(
-    make_engine: MakeEngine, tmp_path: Path, store_url: str
+    make_engine: MakeEngine, tmp_path: Path, postgres_store_url: str
 ) -> None:
     """Under READ COMMITTED, a lease not yet committed is invisible to a second lease of the same
     key; the per-key advisory lock makes the second wait and then see it. (SQLite takes one write
     transaction at a time, so there the question does not arise.)"""
-    if store_url.startswith("sqlite"):
-        pytest.skip("SQLite serializes write transactions; the race is PostgreSQL's")
-    engine, _, _ = make_engine(tmp_path, tenant_yaml=TENANT, database_url=store_url)
+    engine, _, _ = make_engine(tmp_path, tenant_yaml=TENANT, database_url=postgres_store_url)
     store = engine.store
     summary = accept(engine, call_event("call_summary", minute=5))
     holding, go = threading.Event(), threading.Event()
