@@ -106,18 +106,17 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 def postgres_store_url(_postgres_database: str) -> str:
-    """This session's PostgreSQL database, without cxbridge's tables."""
-    url = _postgres_database
+    """A clean PostgreSQL database for a store (for what only PostgreSQL does)."""
     import sqlalchemy as sa
 
     from cxbridge.store import metadata, schema_version
 
-    engine = sa.create_engine(url)
+    engine = sa.create_engine(_postgres_database)
     with engine.begin() as conn:
         metadata.drop_all(conn)
         schema_version.drop(conn, checkfirst=True)
     engine.dispose()
-    return url
+    return _postgres_database
 
 
 @pytest.fixture

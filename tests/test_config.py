@@ -20,6 +20,12 @@ EXAMPLE_ENV = {
     "ACME_WEBHOOK_URL": "http://127.0.0.1:9/hook",
     "ACME_ESCALATION_URL": "http://127.0.0.1:9/escalations",
     "ACME_TICKETS_URL": "http://127.0.0.1:9/tickets",
+    "ACME_SF_ENDPOINT": "http://127.0.0.1:9/salesforce",
+    "ACME_SF_CONSUMER_KEY": "key",
+    "ACME_SF_CONSUMER_SECRET": "secret",
+    "ACME_ZENDESK_ENDPOINT": "http://127.0.0.1:9/zendesk",
+    "ACME_ZENDESK_EMAIL": "bot@acme.test",
+    "ACME_ZENDESK_TOKEN": "token",
     "ACME_WEBHOOK_SECRET": SECRET,
 }
 EXAMPLES = Path(__file__).parent.parent / "examples"
@@ -199,7 +205,13 @@ def test_env_references_are_substituted_and_dollar_dollar_escapes(tmp_path, type
 
 def test_the_example_tenant_is_valid(types):
     tenants = load_config_dir(EXAMPLES / "tenants", types, EXAMPLE_ENV)
-    assert set(tenants["acme"].destinations) == {"qa-webhook", "escalations", "tickets"}
+    assert set(tenants["acme"].destinations) == {
+        "qa-webhook",
+        "escalations",
+        "tickets",
+        "crm",
+        "helpdesk",
+    }
     assert tenants["acme"].timezone == "Europe/Berlin"
 
 
@@ -344,3 +356,37 @@ def test_validate_names_the_subscribed_event_type_a_template_variable_is_missing
     assert problem.startswith(
         f"{path}:7:25: destinations.hook.body.summary: 'ai.summary' is not in quality_score events"
     ), problem
+
+
+def test_an_invalid_option_hides_no_template_problem_of_the_same_destination(tmp_path, types):
+    path = write(
+        tmp_path,
+        """
+        tenant: acme
+        destinations:
+          hook:
+            type: http
+            events: [call_summary]
+            url: not a url
+            body: {a: "{{ ai.summry }}"}
+        """,
+    )
+    problems = problems_of(path, types)
+    assert any(":6:10: destinations.hook.url: not an http(s) URL" in p for p in problems), problems
+    assert any("did you mean 'ai.summary'" in p for p in problems), problems
+
+
+def test_shell_style_defaults_are_refused_not_left_literal(tmp_path, types):
+    path = write(
+        tmp_path,
+        """
+        tenant: acme
+        destinations:
+          hook:
+            type: http
+            events: [call_summary]
+            url: "https://x.example/${ACME_PATH:-default}"
+        """,
+    )
+    (problem,) = problems_of(path, types)
+    assert problem.startswith(f"{path}:6:29: unsupported reference '${{ACME_PATH:-default}}'")

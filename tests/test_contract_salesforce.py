@@ -1,4 +1,4 @@
-"""The Salesforce plugin passes the plugin kit's contract against the fake org in tests/fakes/."""
+"""The Salesforce plugin passes the plugin kit's contract against the fake org in core/cxbridge/testing/fakes/."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from cxbridge.testing import PluginContract
-from tests.fakes.salesforce import FakeSalesforce
+from cxbridge.testing.fakes.salesforce import FakeSalesforce
 
 FOREVER = 10_000  # fault answers "from now on": more than any test sends
 
@@ -54,16 +54,3 @@ class TestSalesforceContract(PluginContract):
     def records(self, target: FakeSalesforce) -> int:
         with target.lock:
             return sum(len(records) for records in target.records.values())
-
-    # Findings of the kit, left to the Salesforce plugin's owners (strict: fixing them fails these).
-    @pytest.mark.xfail(
-        strict=True, reason="kit finding: the plugin drops Retry-After on HTTP 429 (errors.py)"
-    )
-    def test_429_is_retried_after_its_retry_after(self, plugins: Any, target: Any) -> None:
-        super().test_429_is_retried_after_its_retry_after(plugins, target)
-
-    @pytest.mark.xfail(
-        strict=True, reason="kit finding: HTTP 410 does not disable the destination (errors.py)"
-    )
-    def test_410_is_permanent(self, plugins: Any, target: Any) -> None:
-        super().test_410_is_permanent(plugins, target)

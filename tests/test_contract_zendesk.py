@@ -1,4 +1,4 @@
-"""The Zendesk plugin passes the plugin kit's contract against the fake Zendesk in tests/fakes/."""
+"""The Zendesk plugin passes the plugin kit's contract against the fake Zendesk in core/cxbridge/testing/fakes/."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from cxbridge.testing import PluginContract
-from tests.fakes.zendesk import FakeZendesk
+from cxbridge.testing.fakes.zendesk import FakeZendesk
 
 FOREVER = None  # a Fault with times=None answers from now on
 

@@ -29,7 +29,9 @@ def test_demo_shows_retries_a_dead_letter_and_its_replay_and_keeps_the_store(tmp
     assert "HTTP 503 Service Unavailable from 127.0.0.1 -> retry in" in out
     assert "HTTP 422 Unprocessable Entity from 127.0.0.1 -> dead letter" in out
     assert "replaying its 2 dead letter(s)" in out
-    assert "8/8 delivered" in out and "0 bad signature(s)" in out
+    assert "24/24 delivered" in out and "0 bad signature(s)" in out
+    assert "Salesforce: 2 Task(s), 2 Case(s); Zendesk: 2 ticket(s)" in out
+    assert "retry in 0.0 s" not in out  # an attempt is told once
     assert out.rstrip().endswith("demo ok")
     assert "Traceback" not in demo.stderr
 
@@ -42,6 +44,6 @@ def test_demo_shows_retries_a_dead_letter_and_its_replay_and_keeps_the_store(tmp
         check=True,
     )
     rows = [json.loads(line) for line in listed.stdout.splitlines()]
-    assert len(rows) == 8 and {row["status"] for row in rows} == {"delivered"}
+    assert len(rows) == 20 and {row["status"] for row in rows} == {"delivered"}  # 20: the default
     tickets = [row for row in rows if row["destination"] == "tickets"]
     assert [row["attempts"] for row in tickets] == [2, 2]  # rejected once, then replayed

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import ast
 import importlib
+import os
 import re
 import shlex
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -116,3 +119,28 @@ def test_command_lines_name_real_commands_and_options(body: str):
 def test_every_doc_has_checked_blocks():
     assert {where.split(":")[0] for where, _, _ in BLOCKS} >= {"README.md"}
     assert of("yaml") and of("python") and of("sh", "console")
+
+
+def test_the_readme_python_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from cxbridge.demo import example_endpoints
+
+    ((body,),) = [
+        [b] for where, lang, b in BLOCKS if where.startswith("README") and lang == "python"
+    ]
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
+    for name in [n for n in os.environ if n.startswith("ACME_")]:
+        monkeypatch.delenv(name)
+    with example_endpoints() as endpoints:  # sets the example tenant's variables, as the demo does
+        endpoints.receiver.rejecting = False
+        result = subprocess.run(
+            [sys.executable, "-c", body],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 0, result.stderr
+    # call_summary goes to the BI webhook, the ticketing endpoint, Salesforce and Zendesk
+    assert result.stdout.count("delivered [AttemptRecord(") == 4, result.stdout
+    assert len(endpoints.salesforce.records["Task"]) == 1 and len(endpoints.zendesk.tickets) == 1

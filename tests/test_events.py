@@ -78,3 +78,10 @@ def test_json_schema_describes_all_four_events():
     schema = json.dumps(event_json_schema())
     for name in ("CallCreate", "CallOutcome", "CallSummary", "QualityScore", "externalId"):
         assert name in schema
+
+
+def test_an_event_of_a_newer_schema_version_is_refused_with_what_to_do():
+    data = json.loads((EXAMPLES / "call_summary.json").read_text())
+    data["version"] = 2
+    with pytest.raises(EventValidationError, match="version 2 is newer than this cxbridge reads"):
+        parse_event(data)

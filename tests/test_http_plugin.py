@@ -132,10 +132,10 @@ def test_text_body_with_its_content_type() -> None:
     )
 
 
-def test_a_url_with_a_non_http_scheme_is_a_template_error() -> None:
-    dest = destination("ftp://x/{{ call.externalId }}")
-    with pytest.raises(cxbridge.TemplateRenderError, match="http:// or https://"):
-        render(dest)
+@pytest.mark.parametrize("url", ["ftp://x/{{ call.externalId }}", "not a url", "https:///path"])
+def test_a_url_that_is_not_http_is_refused_at_load(url: str) -> None:
+    with pytest.raises(ValidationError, match=r"not an http\(s\) URL"):
+        destination(url)
 
 
 @pytest.mark.parametrize(

@@ -28,9 +28,9 @@ from cxbridge import (
     OutcomeKind,
     RedirectRefused,
 )
+from cxbridge.testing.fakes.zendesk import FakeZendesk
 from cxbridge_salesforce import SalesforceOptions
 from cxbridge_zendesk import ZendeskOptions
-from tests.fakes.zendesk import FakeZendesk
 from tests.http_sink import HttpSink, Reply
 from tests.test_salesforce import LIFECYCLE
 from tests.test_ssrf import _fake_dns

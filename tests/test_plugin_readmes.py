@@ -40,6 +40,8 @@ def _env_for(text: str) -> dict[str, str]:
             env[name] = special[name]()
         elif name.endswith("SECRET") and "HOOK" in name:
             env[name] = generate_secret()
+        elif name.endswith("_URL"):
+            env[name] = f"https://hooks.example.com/{name.lower()}"
         else:
             env[name] = f"example-{name.lower()}"
     return env

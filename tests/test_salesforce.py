@@ -1,4 +1,4 @@
-"""The Salesforce plugin against a fake Salesforce org (tests/fakes/salesforce.py) over real HTTP.
+"""The Salesforce plugin against a fake Salesforce org (core/cxbridge/testing/fakes/salesforce.py) over real HTTP.
 
 simple-salesforce itself runs; destinations reach the fake through the plugin's endpoint override
 (``endpoint`` + ``allow_networks``), so every request passes cxbridge's outbound guard.
@@ -22,9 +22,9 @@ from pydantic import ValidationError
 import cxbridge_salesforce as plugin
 from cxbridge import Delivery, Destination, Event, Outcome, OutcomeKind, parse_event
 from cxbridge.plugins import PluginManager
+from cxbridge.testing.fakes.salesforce import FakeSalesforce
 from cxbridge_salesforce.client import contact_search, escape_sosl
 from cxbridge_salesforce.options import SalesforceOptions
-from tests.fakes.salesforce import FakeSalesforce
 
 ALL_EVENTS = frozenset({"call_create", "call_outcome", "call_summary", "quality_score"})
 PHONE = "+1 (555) 010-9999"
@@ -263,7 +263,7 @@ def test_other_destination_types_are_not_ours(fake: FakeSalesforce) -> None:
 def test_configurable_field_names(fake: FakeSalesforce) -> None:
     fake.schema["Task"] |= {"Call_Key__c", "QA__c"}
     fake.schema["Case"] |= {"Case_Key__c"}
-    from tests.fakes import salesforce as fakes
+    from cxbridge.testing.fakes import salesforce as fakes
 
     fakes.EXTERNAL_IDS["Task"].add("Call_Key__c")
     fakes.EXTERNAL_IDS["Case"].add("Case_Key__c")

@@ -41,6 +41,8 @@ CORE_DESTINATION_KEYS = {
     "when": "Optional Liquid condition; the event goes only where it is true.",
     "enabled": "`false` keeps the destination configured but sends nothing.",
     "retry": "Retry keys overriding the tenant's; `events:` inside overrides per event type.",
+    "ordered": "`true`: the events of one call go one at a time, in the order they occurred "
+    "(default: the type's; on for `salesforce` and `zendesk`).",
 }
 
 

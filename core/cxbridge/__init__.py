@@ -39,6 +39,7 @@ from cxbridge.outbound import AllowNetworks, GuardedTransport, NetworkPolicy, gu
 from cxbridge.outcome import Delivery, Outcome, OutcomeKind, Payload
 from cxbridge.retry import RetryPolicy, outcome_for_status, parse_retry_after
 from cxbridge.routing import Accepted
+from cxbridge.signing import generate_secret, parse_secret, sign, verify
 from cxbridge.store import AttemptRecord, DeliveryRecord
 from cxbridge.templating import Condition, JsonTemplate, TextTemplate, UrlTemplate
 
@@ -85,6 +86,11 @@ __all__ = [  # noqa: RUF022 - grouped by purpose, like dramatiq's
     "GuardedTransport",
     "NetworkPolicy",
     "guard_outcome",
+    # Standard Webhooks signatures: for senders and for receivers
+    "generate_secret",
+    "parse_secret",
+    "sign",
+    "verify",
     # errors
     "AddressRefused",
     "ConfigError",

@@ -303,6 +303,29 @@ def worker(threads: int, processes: int, no_scheduler: bool, config: Path | None
 
 
 @cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port", default=8787, show_default=True, envvar="CXBRIDGE_PORT", help="Port to listen on."
+)
+@click.option("--no-workers", is_flag=True, help="Only serve; `cxbridge worker` processes deliver.")
+@click.option("--threads", default=4, show_default=True, help="Worker threads in this process.")
+@config_option
+def serve(host: str, port: int, no_workers: bool, threads: int, config: Path | None) -> None:
+    """Run the service: ingress, admin API, Copilot WebSocket and metrics (plus workers)."""
+    from cxbridge.service import ServiceSettings, run_serve
+
+    settings = ServiceSettings()
+    if config is not None:
+        settings = settings.model_copy(update={"config_dir": config})
+    try:
+        run_serve(settings, host=host, port=port, workers=not no_workers, threads=threads)
+    except ConfigError as exc:
+        _fail("\n".join(str(p) for p in exc.problems))
+    except CxbridgeError as exc:
+        _fail(str(exc))
+
+
+@cli.command()
 @click.option("--tenant", "-t", help="Only this tenant.")
 @click.option("--destination", "-d", help="Only this destination.")
 @click.option("--event-type", "-e", help="Only this event type.")

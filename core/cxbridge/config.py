@@ -11,7 +11,7 @@ model::
     retry: {window: 86400}           # tenant-wide retry defaults
     destinations:
       qa-webhook:
-        type: http                   # core keys: type, events, when, enabled, retry
+        type: http                   # core keys: type, events, when, enabled, retry, ordered
         events: [quality_score]
         when: qi.score < 50
         url: https://example.com/hook
@@ -22,6 +22,7 @@ Every problem of every file is reported at once, each as ``file:line:col: messag
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import os
@@ -34,7 +35,8 @@ from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic.fields import FieldInfo
 
 from cxbridge.destinations import Destination, DestinationType
 from cxbridge.errors import ConfigError, ConfigProblem
@@ -53,7 +55,7 @@ __all__ = [
 ]
 
 _M = TypeVar("_M", bound=BaseModel)
-CORE_DESTINATION_KEYS = ("type", "events", "when", "enabled", "retry")
+CORE_DESTINATION_KEYS = ("type", "events", "when", "enabled", "retry", "ordered")
 ALL_EVENTS = "*"
 
 
@@ -71,6 +73,7 @@ class _CoreDestination(BaseModel):
     when: Condition | None = None
     enabled: bool = True
     retry: dict[str, Any] | None = None
+    ordered: bool | None = None  # None: the destination type's default
 
 
 class _TenantFile(BaseModel):
@@ -278,8 +281,12 @@ class _Loader:
             if (dest := self._destination(tenant, name, raw, timezone)) is not None
         }
         if self.problems:
-            self.problems.sort(key=lambda p: (p.line, p.column))
-            raise ConfigError(self.problems, tenant=tenant.tenant)
+            # One problem per position: a value that names a missing ${VAR} is not also reported
+            # as an empty URL, secret, etc.
+            first = {(p.line, p.column): p for p in reversed(self.problems)}
+            raise ConfigError(
+                sorted(first.values(), key=lambda p: (p.line, p.column)), tenant=tenant.tenant
+            )
         return TenantConfig(
             name=tenant.tenant,
             file=self.path,
@@ -389,9 +396,11 @@ class _Loader:
             pos = self.doc.position(where, key=True)
             message = f"destinations.{name}: warning: {warning.message}"
             self.warnings.append(ConfigProblem(str(self.path), pos.line, pos.column, message))
-        if options is not None:
-            for path, template in _templates(options):
-                self._check_template(template, events, (*where, *path))
+        # When the options as a whole are refused, the keys that are valid on their own still have
+        # their templates checked: one run of `validate` reports every problem.
+        checked = options if options is not None else _valid_fields(dtype.options, options_data)
+        for path, template in _templates(checked):
+            self._check_template(template, events, (*where, *path))
         if core is not None and core.when is not None:
             self._check_template(core.when, events, (*where, "when"))
         if len(self.problems) > before or options is None or core is None:
@@ -407,6 +416,7 @@ class _Loader:
             when=core.when,
             retry=retry,
             retry_by_event=retry_by_event,
+            ordered=core.ordered if core.ordered is not None else dtype.ordering == "call",
         )
 
     def _events(self, names: list[str], where: tuple[str | int, ...]) -> set[str]:
@@ -474,12 +484,24 @@ class _Loader:
         )
 
 
+def _valid_fields(model: type[BaseModel], data: Mapping[str, Any]) -> dict[str, Any]:
+    """Each field of ``data`` that validates on its own against its type in ``model``."""
+    valid = {}
+    for name, info in model.model_fields.items():
+        key = _key(name, info)
+        if key in data and info.annotation is not None:
+            with contextlib.suppress(ValidationError, TypeError, ValueError):
+                valid[name] = TypeAdapter(info.annotation).validate_python(data[key])
+    return valid
+
+
+def _key(name: str, info: FieldInfo) -> str:
+    return info.validation_alias if isinstance(info.validation_alias, str) else info.alias or name
+
+
 def _keys(model: type[BaseModel]) -> list[str]:
     """The keys a model takes in a file: each field's alias where it has one, else its name."""
-    return [
-        info.validation_alias if isinstance(info.validation_alias, str) else info.alias or name
-        for name, info in model.model_fields.items()
-    ]
+    return [_key(name, info) for name, info in model.model_fields.items()]
 
 
 def _templates(
@@ -516,6 +538,11 @@ def tenant_json_schema(destination_types: Mapping[str, DestinationType]) -> dict
             "when": {"type": "string", "description": "Liquid condition, e.g. qi.score < 50"},
             "enabled": {"type": "boolean"},
             "retry": {"$ref": "#/$defs/RetryPolicy"},
+            "ordered": {
+                "type": "boolean",
+                "description": "attempt the events of one call one at a time, in order "
+                f"(default for this type: {'on' if dtype.ordering else 'off'})",
+            },
             **schema.get("properties", {}),
         }
         variants.append(

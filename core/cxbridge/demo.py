@@ -2,19 +2,24 @@
 
 A webhook receiver on 127.0.0.1 plays three endpoints of the example tenant (examples/tenants): a healthy
 BI endpoint, a flaky escalation service that answers 503 twice before it recovers, and a ticketing endpoint
-that rejects everything (422) until the demo "fixes" it. The engine runs in this process on SQLite (store
+that rejects everything (422) until the demo "fixes" it; a fake Salesforce org and a fake Zendesk
+account (``cxbridge.testing.fakes``) take the CRM destinations. The engine runs in this process on SQLite (store
 and broker, the default ``var/`` files, kept afterwards), sample calls go through it, and a live table shows
 deliveries, retries and dead letters; then the ticketing endpoint is healed and its dead letters are
-replayed. At the end, ``cxbridge deliveries`` shows the same story from the store.
+replayed. At the end come the CRM records each call left (one Task and one ticket per call, a Case for
+the escalation) and ``cxbridge deliveries``' view of the same story from the store.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
@@ -33,8 +38,9 @@ from cxbridge.store import DEAD, DELIVERED, PENDING, DeliveryFilter
 
 if TYPE_CHECKING:
     from cxbridge.engine import Engine
+    from cxbridge.testing.fakes import FakeSalesforce, FakeZendesk
 
-__all__ = ["DemoReceiver", "run_demo", "sample_events"]
+__all__ = ["DemoReceiver", "ExampleEndpoints", "example_endpoints", "run_demo", "sample_events"]
 
 #: The endpoints the receiver plays, by path: what each answers.
 HEALTHY, FLAKY, REJECTING = "/bi", "/escalations", "/tickets"
@@ -142,27 +148,79 @@ def sample_events(count: int, tenant: str = "acme") -> list[dict[str, Any]]:
     return events
 
 
+@dataclass
+class ExampleEndpoints:
+    """What the example tenant's destinations reach in the demo: the webhook receiver and the fake
+    Salesforce org and Zendesk account, all on 127.0.0.1."""
+
+    receiver: DemoReceiver
+    salesforce: FakeSalesforce
+    zendesk: FakeZendesk
+
+    def crm_summary(self) -> str:
+        tasks, cases = (len(self.salesforce.records[name]) for name in ("Task", "Case"))
+        tags = sorted({t for ticket in self.zendesk.tickets.values() for t in ticket["tags"]})
+        return (
+            f"Salesforce: {tasks} Task(s), {cases} Case(s); Zendesk: "
+            f"{len(self.zendesk.tickets)} ticket(s) tagged {', '.join(tags) or '-'}"
+        )
+
+
+@contextlib.contextmanager
+def example_endpoints() -> Iterator[ExampleEndpoints]:
+    """Start the receiver and the fake CRMs, and point the example tenant's variables at them (API
+    key: ``demo-key`` unless ``ACME_API_KEY`` is set) until the block ends. ``cxbridge serve`` on the
+    example does the same."""
+    from cxbridge.testing.fakes import FakeSalesforce, FakeZendesk
+
+    with (
+        DemoReceiver(generate_secret()) as receiver,
+        FakeSalesforce() as salesforce,
+        FakeZendesk() as zendesk,
+    ):
+        variables = {
+            "ACME_API_KEY": os.environ.get("ACME_API_KEY", "demo-key"),
+            "ACME_WEBHOOK_SECRET": receiver.secret,
+            "ACME_WEBHOOK_URL": receiver.base + HEALTHY,
+            "ACME_ESCALATION_URL": receiver.base + FLAKY,
+            "ACME_TICKETS_URL": receiver.base + REJECTING,
+            "ACME_SF_ENDPOINT": salesforce.url,
+            "ACME_SF_CONSUMER_KEY": salesforce.consumer_key,
+            "ACME_SF_CONSUMER_SECRET": salesforce.consumer_secret,
+            "ACME_ZENDESK_ENDPOINT": zendesk.url,
+            "ACME_ZENDESK_EMAIL": zendesk.email,
+            "ACME_ZENDESK_TOKEN": zendesk.token,
+        }
+        before = {name: os.environ.get(name) for name in variables}
+        os.environ.update(variables)
+        try:
+            yield ExampleEndpoints(receiver, salesforce, zendesk)
+        finally:  # the endpoints are gone: so are the variables that named them
+            for name, value in before.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+
 def run_demo(settings: Settings, *, events: int = 8, timeout: float = 45.0) -> int:
     """Run the demo; returns the process exit code (0 when every delivery arrived verified)."""
     from cxbridge.engine import Engine
 
-    secret = generate_secret()
-    with DemoReceiver(secret) as receiver:
-        os.environ.setdefault("ACME_API_KEY", "demo-key")
-        os.environ["ACME_WEBHOOK_SECRET"] = secret
-        os.environ["ACME_WEBHOOK_URL"] = receiver.base + HEALTHY
-        os.environ["ACME_ESCALATION_URL"] = receiver.base + FLAKY
-        os.environ["ACME_TICKETS_URL"] = receiver.base + REJECTING
+    with example_endpoints() as endpoints:
+        receiver = endpoints.receiver
         engine = Engine(settings)
         click.echo(f"store {settings.database_url}, broker {settings.broker_url} (kept afterwards)")
         click.echo(
             f"receiver {receiver.base}: {HEALTHY} healthy, {FLAKY} fails {FLAKY_FAILURES}x "
-            f"then recovers, {REJECTING} rejects (422) until fixed"
+            f"then recovers, {REJECTING} rejects (422) until fixed; fake Salesforce "
+            f"{endpoints.salesforce.url}, fake Zendesk {endpoints.zendesk.url}"
         )
         engine.start(threads=4, interval=0.2)
         try:
             ids = _send(engine, sample_events(events))
-            _watch(engine, ids, timeout, "delivering (retries and dead letters show up here)")
+            told: set[int] = set()  # attempts already printed
+            _watch(engine, ids, timeout, "delivering (retries and dead letters show up here)", told)
             dead = [i for i in ids if _status(engine, i) == DEAD]
             if dead:
                 receiver.rejecting = False
@@ -170,10 +228,11 @@ def run_demo(settings: Settings, *, events: int = 8, timeout: float = 45.0) -> i
                 from cxbridge.replay import replay
 
                 replay(engine, DeliveryFilter(ids=dead, status=DEAD))
-                _watch(engine, ids, timeout, "replaying")
+                _watch(engine, ids, timeout, "replaying", told)
         finally:
             engine.close()
         records = engine.store.list_deliveries(DeliveryFilter(ids=ids, status=None))
+        crm = endpoints.crm_summary()
     click.echo("\nWhat the store says (`.venv/bin/cxbridge deliveries` shows the same):")
     console.console().print(console.deliveries_table(records))
     bad = [r for r in receiver.received if not r["verified"]]
@@ -183,6 +242,7 @@ def run_demo(settings: Settings, *, events: int = 8, timeout: float = 45.0) -> i
         f"\n{delivered}/{len(records)} delivered, {retried} retried 503(s), "
         f"{len(bad)} bad signature(s) out of {len(receiver.received)} request(s)"
     )
+    click.echo(crm)
     if dead:
         click.echo(f"see one delivery's every attempt: .venv/bin/cxbridge show {dead[0]}")
     ok = delivered == len(records) and not bad
@@ -206,11 +266,11 @@ def _status(engine: Engine, delivery_id: str) -> str | None:
     return record.status if record else None
 
 
-def _watch(engine: Engine, ids: list[str], timeout: float, title: str) -> None:
-    """A live table of the deliveries by destination until none is pending (or ``timeout``)."""
+def _watch(engine: Engine, ids: list[str], timeout: float, title: str, told: set[int]) -> None:
+    """A live table of the deliveries by destination until none is pending (or ``timeout``), and a
+    line for each failed attempt not in ``told`` yet."""
     deadline = time.monotonic() + timeout
     out = console.console()
-    told: set[int] = set()
     with Live(console=out, auto_refresh=False) as live:
         while True:
             records = engine.store.list_deliveries(DeliveryFilter(ids=ids, status=None))

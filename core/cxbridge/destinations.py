@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 
@@ -22,12 +22,17 @@ class DestinationType:
     ``options`` is a pydantic model describing the destination's own keys in a tenant file; give it
     ``model_config = ConfigDict(extra="forbid")`` so that a misspelt key is an error at load time.
     ``plugin`` is filled in by the core with the name of the plugin that registered the type.
+    ``ordering`` is the type's default for per-call order: ``"call"`` means the deliveries of one call
+    to one destination are attempted one at a time, in the order the events occurred (what a CRM that
+    finds-or-creates one record per call needs); ``None`` means no order. A destination's ``ordered:``
+    key overrides it.
     """
 
     name: str
     options: type[BaseModel]
     description: str = ""
     plugin: str = ""
+    ordering: Literal["call"] | None = None
 
 
 @dataclass(frozen=True)
@@ -36,7 +41,8 @@ class Destination:
 
     ``options`` is an instance of the destination type's options model; ``when`` an optional Liquid
     condition that must be truthy for an event to be sent; ``retry`` the effective retry policy for each
-    event type (``retry_for(event_type)``).
+    event type (``retry_for(event_type)``); ``ordered`` whether the deliveries of one call are attempted
+    one at a time, in the order the events occurred.
     """
 
     tenant: str
@@ -49,6 +55,7 @@ class Destination:
     when: Condition | None = None
     retry: RetryPolicy | None = None
     retry_by_event: dict[str, RetryPolicy] = field(default_factory=dict)
+    ordered: bool = False
 
     def accepts(self, event_type: str) -> bool:
         return event_type in self.events

@@ -4,6 +4,10 @@ One :class:`Engine` per process ties together the store, the broker, the plugins
 actor carries only a delivery id; everything else is read from the store, so a lost or duplicated message
 loses nothing and sends nothing twice at once (a delivery is leased while an attempt runs).
 
+Deliveries to an ordered destination go one at a time per call, in the order their events occurred: only
+the head of a key can be leased, and a waiting delivery gets its message when the attempt before it
+finishes (or from the scheduler, should this process die in between).
+
 The retry decision is ours, not Dramatiq's ``Retries`` middleware (which cannot stop "24 hours after the
 first attempt"): each failed attempt stores ``next_attempt_at``; short waits are handed to the broker as a
 delay, long ones wait in the store until the scheduler enqueues them. The scheduler also sends again
@@ -252,6 +256,11 @@ class Engine:
             log.warning("store unavailable, %d sent message(s) not marked: %s", len(sent), exc)
         return len(sent)
 
+    def replace_tenants(self, tenants: Mapping[str, TenantConfig]) -> None:
+        """Switch to reloaded tenant files: events accepted and attempts started from now on use them."""
+        self.tenants = tenants
+        self.router.tenants = tenants
+
     # -- one attempt -----------------------------------------------------------------------------
 
     def _deliver_message(self, delivery_id: str) -> None:
@@ -338,6 +347,7 @@ class Engine:
             return outcome
         if short and next_at is not None:
             self._send_in(record.id, (next_at - now).total_seconds())
+        self._enqueue_next_head(record)
         if dead_reason is not None:
             self.outbox.dispatch([record.id])
         return outcome
@@ -349,12 +359,21 @@ class Engine:
         record = self.store.get_delivery(delivery_id)
         if record is None or record.status != PENDING or record.next_attempt_at is None:
             return
+        if record.order_key is not None and self.store.park(delivery_id):
+            return  # waits behind its key: the head's finish (or the sweep) enqueues it later
         if record.lease_until is not None and record.lease_until > self.store.lease_now():
             return  # another worker is attempting it right now
         now = self.clock.now()
         remaining = (record.next_attempt_at - now).total_seconds()
         if remaining <= self.short_delay:
             self._send_in(delivery_id, remaining)
+
+    def _enqueue_next_head(self, record: DeliveryRecord) -> None:
+        """After an attempt (or dead letter) of an ordered delivery, committed: enqueue the next
+        delivery of its key that may go now. A crash before this loses nothing: the waiting
+        delivery was never enqueued (or was parked), so the sweep finds it once it is the head."""
+        if record.order_key is not None:
+            self.enqueue(self.store.next_heads(record))
 
     def _send_in(self, delivery_id: str, seconds: float) -> None:
         """Enqueue with a broker delay, rounded up: a message must not arrive before it is due.
@@ -401,6 +420,7 @@ class Engine:
                 reason,
             )
             return None
+        self._enqueue_next_head(record)
         self.outbox.dispatch([record.id])
         return Outcome.permanent(reason)
 

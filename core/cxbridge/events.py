@@ -25,6 +25,7 @@ from pydantic import (
     Field,
     TypeAdapter,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
@@ -56,6 +57,8 @@ __all__ = [
 ]
 
 
+#: The newest event schema version this cxbridge understands; a newer event is refused, not guessed at.
+SCHEMA_VERSION = 1
 MAX_EVENT_BYTES = 256 * 1024
 """Default cap on an event's JSON in bytes, as received (a mapping: as stored); setting
 ``CXBRIDGE_MAX_EVENT_BYTES``."""
@@ -211,9 +214,24 @@ class _Envelope(_Wire):
     """Fields every event carries. ``id`` is chosen by the producer and unique per tenant."""
 
     id: str = Field(min_length=1, max_length=200)
-    version: int = Field(default=1, ge=1)
+    version: int = Field(
+        default=SCHEMA_VERSION,
+        ge=1,
+        description="The event schema's version; this cxbridge reads versions up to "
+        f"{SCHEMA_VERSION} (a newer one needs a newer cxbridge).",
+    )
     occurred_at: AwareDatetime
     tenant: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
+
+    @field_validator("version")
+    @classmethod
+    def _known_version(cls, version: int) -> int:
+        if version > SCHEMA_VERSION:
+            raise ValueError(
+                f"version {version} is newer than this cxbridge reads (up to {SCHEMA_VERSION}); "
+                "upgrade cxbridge"
+            )
+        return version
 
     @model_validator(mode="before")
     @classmethod

@@ -47,9 +47,15 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 def register_destinations(register: Callable[..., None]) -> None:
     """Register the destination types this plugin delivers to.
 
-    :param register: call ``register(name, options_model, description="")`` once per type. ``name`` is
-        what a tenant file writes as ``type:``; ``options_model`` is a pydantic model of the type's own keys
-        (use ``extra="forbid"``). Keyword arguments may be added to ``register`` in later versions.
+    :param register: call ``register(name, options_model, description="", ordering=None)`` once per
+        type. ``name`` is what a tenant file writes as ``type:``; ``options_model`` is a pydantic model of
+        the type's own keys (use ``extra="forbid"``). ``ordering="call"`` makes per-call order the
+        default for destinations of this type: the deliveries of one call to one destination are
+        attempted one at a time, in the order the events occurred (``call_create`` before
+        ``call_summary``), so a plugin that finds-or-creates one record per call never races itself.
+        Choose it for find-or-create targets (CRMs, ticketing); leave it ``None`` for targets that take
+        each event on its own (webhooks), where order costs throughput. A destination's ``ordered:``
+        key overrides the default. Keyword arguments may be added to ``register`` in later versions.
     :return: nothing.
 
     The options model is validated with a context (pydantic's ``info.context``): ``events``, the
@@ -70,7 +76,7 @@ def register_destinations(register: Callable[..., None]) -> None:
 
         @hookimpl
         def register_destinations(register):
-            register("crm", CrmOptions, description="Our in-house CRM")
+            register("crm", CrmOptions, description="Our in-house CRM", ordering="call")
     """
 
 

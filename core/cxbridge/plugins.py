@@ -141,7 +141,12 @@ class PluginManager:
                 continue
 
             def register(
-                name: str, options: type[BaseModel], *, description: str = "", **_future: Any
+                name: str,
+                options: type[BaseModel],
+                *,
+                description: str = "",
+                ordering: str | None = None,
+                **_future: Any,
             ) -> None:
                 if name in self.destination_types:
                     other = self.destination_types[name].plugin
@@ -155,8 +160,18 @@ class PluginManager:
                         f"destination type {name!r}: options must be a pydantic model class",
                         plugin=plugin_name,
                     )
+                if ordering not in (None, "call"):
+                    raise PluginError(
+                        f"destination type {name!r}: ordering must be 'call' or None, "
+                        f"not {ordering!r}",
+                        plugin=plugin_name,
+                    )
                 self.destination_types[name] = DestinationType(
-                    name, options, description, plugin=plugin_name
+                    name,
+                    options,
+                    description,
+                    plugin=plugin_name,
+                    ordering="call" if ordering == "call" else None,
                 )
 
             impl.function(register=register)

@@ -5,6 +5,10 @@ window; ``rerender=True`` renders it again from the stored event with the curren
 finished deliveries (dead or delivered) are replayed: one still pending is skipped and counted, since
 its next attempt is already scheduled, or running right now (leased), and a reset would let a second
 worker send it beside the first.
+
+A replayed delivery of an ordered destination takes its place in its key's order again, by its
+event's time: it waits for a delivery of its key in flight, and pending deliveries of the key whose
+events occurred later wait for it.
 """
 
 from __future__ import annotations
@@ -67,7 +71,7 @@ def replay(
         chunk = records[start : start + batch]
         payloads = {r.id: _rerender(engine, r) for r in chunk} if rerender else None
         reset = engine.store.reset_for_replay([r.id for r in chunk], payloads)
-        engine.enqueue(reset.reset)
+        engine.enqueue(engine.store.ready(reset.reset))
         result = ReplayResult(
             result.replayed + len(reset.reset),
             result.in_flight + len(reset.in_flight),

@@ -2,7 +2,8 @@
 
 Each destination whose ``events`` list and ``when`` condition match gets its payload rendered once by
 ``transform``; the event and its deliveries are stored in one transaction. Only the accept whose insert
-stored the event then calls the ``on_event`` hooks and enqueues the deliveries, so the same event id
+stored the event then calls the ``on_event`` hooks and enqueues the deliveries — except those that wait
+behind an earlier delivery of their ordering key (see :func:`ordering_key`) — so the same event id
 again (even concurrently, from another thread or process) fans out and observes nothing new.
 
 Errors: :meth:`Router.accept` raises only cxbridge errors, and only when nothing was stored. Once the
@@ -26,7 +27,14 @@ from cxbridge.outcome import Payload
 from cxbridge.plugins import Hooks
 from cxbridge.store import NewDelivery, Store
 
-__all__ = ["Accepted", "Router", "UnknownTenantError", "delivery_id", "render_payload"]
+__all__ = [
+    "Accepted",
+    "Router",
+    "UnknownTenantError",
+    "delivery_id",
+    "ordering_key",
+    "render_payload",
+]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +48,15 @@ def delivery_id(tenant: str, event_id: str, destination: str) -> str:
     replay and process, so it can serve as the destination's idempotency key."""
     digest = hashlib.sha256(f"{tenant}\0{event_id}\0{destination}".encode()).hexdigest()
     return f"dlv_{digest[:32]}"
+
+
+def ordering_key(event: Event) -> str:
+    """The ordering key of an event's deliveries to an ordered destination: its call id (hashed
+    when longer than the column), so the events of one call reach the destination one at a time."""
+    call_id = event.call.id
+    if len(call_id) <= 200:
+        return call_id
+    return "sha256:" + hashlib.sha256(call_id.encode()).hexdigest()
 
 
 def event_body(event: Event) -> bytes:
@@ -121,7 +138,8 @@ class Router:
                     "event %s to %s/%s: %s", event.id, tenant.name, destination.name, dead_reason
                 )
             did = delivery_id(event.tenant, event.id, destination.name)
-            new.append(NewDelivery(did, destination.name, payload, dead_reason))
+            key = ordering_key(event) if destination.ordered else None
+            new.append(NewDelivery(did, destination.name, payload, dead_reason, key))
         with self._storing(event):
             stored = self.store.add_event(
                 tenant=event.tenant,
@@ -135,7 +153,12 @@ class Router:
                 return self._duplicate(event)
         self.hooks.on_event(event, event.tenant)
         dead = [n.id for n in new if n.dead_reason is not None]
-        self.enqueue([n.id for n in new if n.dead_reason is None])
+        pending = [n.id for n in new if n.dead_reason is None]
+        if any(n.order_key is not None for n in new):
+            # After the commit, so that this check and the finish of an earlier delivery of the
+            # key cannot both miss each other: one of them enqueues it.
+            pending = self.store.ready(pending)
+        self.enqueue(pending)
         self.dispatch_dead(dead)
         return Accepted(event.id, False, [n.id for n in new], dead)
 

@@ -12,7 +12,8 @@ import yaml
 __all__ = ["Located", "Position", "Refusal", "load_located", "root_scalar"]
 
 Path = tuple[str | int, ...]
-_ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# ``$$``, a reference ``${NAME}``, or (group 2) any other ``${…}`` form, which is refused.
+_ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}|(\$\{[^}]*\}?)")
 
 
 @dataclass(frozen=True)
@@ -137,9 +138,18 @@ def _substitute(value: str, position: Position, located: Located, scope: _Scope)
 
     def replace(match: re.Match[str]) -> str:
         name = match.group(1)
+        where = Position(position.line, position.column + quote + match.start())
+        if match.group(2) is not None:
+            located.problems.append(
+                (
+                    where,
+                    f"unsupported reference {match.group(2)!r}: only ${{NAME}} is read from the "
+                    "environment (no defaults or other shell forms); write $$ for a literal $",
+                )
+            )
+            return ""
         if name is None:
             return "$"
-        where = Position(position.line, position.column + quote + match.start())
         refusal = scope.refuse(name)
         if refusal is not None:
             located.problems.append((where, refusal))

@@ -24,6 +24,7 @@ from cxbridge.store._schema import (
     scheduler_lock,
     schema_version,
 )
+from cxbridge.store._service import LATENCY_BUCKETS_MS, FeedItem, StoreCounts
 from cxbridge.store._store import Store
 
 __all__ = [  # noqa: RUF022 - grouped by purpose, like dramatiq's
@@ -37,6 +38,9 @@ __all__ = [  # noqa: RUF022 - grouped by purpose, like dramatiq's
     "DeliveryRecord",
     "NewDelivery",
     "ReplayReset",
+    "FeedItem",
+    "StoreCounts",
+    "LATENCY_BUCKETS_MS",
     # schema: delivery statuses, limits, tables (for tests and the benchmark)
     "DEAD",
     "DELIVERED",

@@ -37,10 +37,14 @@ def _dt(value: float | None) -> datetime | None:
 
 @dataclass(frozen=True)
 class NewDelivery:
+    """A delivery to store with its event. ``order_key``: deliveries sharing it (per destination)
+    are attempted one at a time, in the order their events occurred; ``None``: unordered."""
+
     id: str
     destination: str
     payload: Payload
     dead_reason: str | None = None
+    order_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,7 @@ class DeliveryRecord:
     remote_id: str | None
     lease_until: datetime | None = None
     lease_token: str | None = None  # set on a leased record: the fencing token of its lease
+    order_key: str | None = None
 
     @classmethod
     def from_row(cls, row: sa.Row[Any]) -> DeliveryRecord:
@@ -89,6 +94,7 @@ class DeliveryRecord:
             remote_id=m["remote_id"],
             lease_until=_dt(m["lease_until"]),
             lease_token=m["lease_token"],
+            order_key=m["order_key"],
         )
 
     def as_dict(self) -> dict[str, Any]:

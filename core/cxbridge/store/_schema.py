@@ -19,6 +19,7 @@ __all__ = [
     "disabled_destinations",
     "events",
     "metadata",
+    "notices",
     "scheduler_lock",
     "schema_version",
 ]
@@ -61,9 +62,16 @@ deliveries = sa.Table(
     sa.Column("delivered_at", sa.Float),
     sa.Column("last_error", sa.Text),
     sa.Column("remote_id", sa.String(200)),
+    # Per-key order (schema version 5): deliveries of one ordering key (the call, per destination)
+    # are attempted one at a time, by the event's time (``order_at``), then arrival (``created_at``).
+    # NULL: unordered.
+    sa.Column("order_key", sa.String(200)),
+    sa.Column("order_at", sa.Float),
     sa.Index("ix_deliveries_due", "status", "next_attempt_at"),
     sa.Index("ix_deliveries_filter", "tenant", "destination", "status", "created_at"),
     sa.Index("ix_deliveries_event", "tenant", "event_id"),
+    # The head check of every lease looks up the pending deliveries of one key.
+    sa.Index("ix_deliveries_order", "order_key", "tenant", "destination", "status", "order_at"),
 )
 attempts = sa.Table(
     "attempts",
@@ -106,6 +114,21 @@ disabled_destinations = sa.Table(
     sa.Column("destination", sa.String(200), primary_key=True),
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("disabled_at", sa.Float, nullable=False),
+)
+# "Still failing" notices for the Copilot feed: one per delivery and failing streak (a replay starts a
+# new streak with a new ``failing_since``). The autoincrement id is the feed's cursor, as for
+# ``dead_letters``.
+notices = sa.Table(
+    "notices",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("delivery_id", sa.String(64), nullable=False),
+    sa.Column("tenant", sa.String(100), nullable=False),
+    sa.Column("destination", sa.String(200), nullable=False),
+    sa.Column("failing_since", sa.Float, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False, index=True),
+    sa.UniqueConstraint("delivery_id", "failing_since", name="uq_notices_streak"),
 )
 # The scheduler's election on SQLite (cxbridge.election): one row per lock, held until expires_at.
 scheduler_lock = sa.Table(
@@ -157,8 +180,22 @@ def _add_fencing(conn: sa.Connection) -> None:
     _add_columns(conn, attempts, "stale")
 
 
+def _add_notices(conn: sa.Connection) -> None:
+    """Version 4: the ``notices`` table of the Copilot feed ("a delivery is failing for long")."""
+    notices.create(conn, checkfirst=True)
+
+
+def _add_ordering(conn: sa.Connection) -> None:
+    """Version 5: the ordering key and time of each delivery, and the index of the head check.
+    Existing rows keep ``order_key`` NULL (unordered)."""
+    _add_columns(conn, deliveries, "order_key", "order_at")
+    next(i for i in deliveries.indexes if i.name == "ix_deliveries_order").create(
+        conn, checkfirst=True
+    )
+
+
 def _add_scheduler_lock(conn: sa.Connection) -> None:
-    """Version 4: the row of the scheduler's election on SQLite (:mod:`cxbridge.election`)."""
+    """Version 6: the row of the scheduler's election on SQLite (:mod:`cxbridge.election`)."""
     scheduler_lock.create(conn, checkfirst=True)
 
 
@@ -167,5 +204,7 @@ MIGRATIONS: list[Callable[[sa.Connection], None]] = [
     _create_tables,
     _add_dead_letter_outbox,
     _add_fencing,
+    _add_notices,
+    _add_ordering,
     _add_scheduler_lock,
 ]

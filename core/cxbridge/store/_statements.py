@@ -32,6 +32,8 @@ __all__ = [
     "_INSERT_DEAD",
     "_MARK_ENQUEUED",
     "_Compiled",
+    "is_head",
+    "key_turn_statements",
     "lease_statement",
 ]
 
@@ -64,6 +66,33 @@ _DISABLED_REASON = (
 DB_NOW = sa.extract("epoch", sa.func.clock_timestamp())
 
 
+_other = deliveries.alias("other")
+
+
+def is_head(lease_now: sa.ColumnElement[Any]) -> sa.ColumnElement[bool]:
+    """Per-key order: a delivery with an ordering key may be attempted only while no other pending
+    delivery of its key (same tenant, destination and key) comes before it (event time, then
+    arrival, then id: a total order, so one key never has two heads) or holds a live lease (an event
+    that arrives late but occurred earlier waits for the attempt in flight). Used by the lease, the
+    sweep and the enqueueing of heads; the subquery is an index lookup (``ix_deliveries_order``).
+    ``lease_now`` as for :func:`lease_statement`."""
+    return sa.or_(
+        _c.order_key.is_(None),
+        ~sa.exists().where(
+            _other.c.order_key == _c.order_key,
+            _other.c.tenant == _c.tenant,
+            _other.c.destination == _c.destination,
+            _other.c.status == PENDING,
+            _other.c.id != _c.id,
+            sa.or_(
+                sa.tuple_(_other.c.order_at, _other.c.created_at, _other.c.id)
+                < sa.tuple_(_c.order_at, _c.created_at, _c.id),
+                _other.c.lease_until >= lease_now,
+            ),
+        ),
+    )
+
+
 def lease_statement(lease_now: sa.ColumnElement[Any]) -> sa.Update:
     """The lease: a pending, due delivery that no live lease holds gets a fresh lease, a fencing
     token, and the next attempt number (``attempts + 1``: each lease takes its own, so a late
@@ -76,6 +105,7 @@ def lease_statement(lease_now: sa.ColumnElement[Any]) -> sa.Update:
             _c.status == PENDING,
             sa.or_(_c.next_attempt_at.is_(None), _c.next_attempt_at <= sa.bindparam("b_now")),
             sa.or_(_c.lease_until.is_(None), _c.lease_until < lease_now),
+            is_head(lease_now),
         )
         .values(
             lease_until=lease_now + sa.bindparam("b_lease_seconds"),
@@ -84,6 +114,24 @@ def lease_statement(lease_now: sa.ColumnElement[Any]) -> sa.Update:
         )
         .returning(*deliveries.c, _DISABLED_REASON)
     )
+
+
+def key_turn_statements(lease_now: sa.ColumnElement[Any]) -> tuple[sa.Select[Any], ...]:
+    """PostgreSQL only, in the lease's transaction after :func:`lease_statement` took an ordered
+    delivery: the leases of one ordering key take turns. Under READ COMMITTED two leases of one key
+    would each miss the other's uncommitted lease (a delivery whose event occurred earlier but
+    arrived later could be leased beside the one in flight), so the lease takes the key's advisory
+    lock, held until commit, and then checks again, in a fresh snapshot, that its delivery is still
+    the head (no row: roll the lease back). Unordered leases skip both, so they cost no round trip
+    more. The two-integer key space is ours alone (0x63786272, "cxbr"); a hash collision only makes
+    two keys take turns."""
+    key_lock = sa.select(
+        sa.func.pg_advisory_xact_lock(
+            sa.literal_column("1668833906"),
+            sa.func.hashtext(_c.tenant + " " + _c.destination + " " + _c.order_key),
+        )
+    ).where(_c.id == sa.bindparam("b_id"))
+    return key_lock, sa.select(_c.id).where(_c.id == sa.bindparam("b_id"), is_head(lease_now))
 
 
 _INSERT_ATTEMPT = attempts.insert()

@@ -34,8 +34,10 @@ from cxbridge.store._schema import (
     deliveries,
     disabled_destinations,
     events,
+    notices,
     schema_version,
 )
+from cxbridge.store._service import ServiceQueries
 from cxbridge.store._statements import (
     _ATTEMPT_KEYS,
     _CLAIM_DEAD_LEFT_OVER,
@@ -49,13 +51,21 @@ from cxbridge.store._statements import (
     _MARK_ENQUEUED,
     DB_NOW,
     _Compiled,
+    is_head,
+    key_turn_statements,
     lease_statement,
 )
 
 __all__ = ["Store"]
 
+_MIGRATE_LOCK = 0x6378_6272_6964  # "cxbrid": the PostgreSQL advisory lock key of migrations
 
-class Store:
+
+class _NotHead(Exception):
+    """A lease of an ordered delivery lost its key's turn and is rolled back."""
+
+
+class Store(ServiceQueries):
     """Everything the engine persists. Thread-safe; one instance per process."""
 
     def __init__(self, url: str, *, clock: Clock | None = None) -> None:
@@ -78,6 +88,13 @@ class Store:
         self._insert_event = self._insert(events).on_conflict_do_nothing().returning(events.c.id)
         dialect = self.engine.dialect
         self._lease_sql = _Compiled(lease_statement(self._lease_now), dialect)
+        self._is_head = is_head(self._lease_now)
+        # SQLite runs one write transaction at a time: a lease there always sees the others.
+        self._key_turn_sql = (
+            None
+            if self.is_sqlite
+            else tuple(_Compiled(s, dialect) for s in key_turn_statements(self._lease_now))
+        )
         self._insert_attempt_sql = _Compiled(_INSERT_ATTEMPT, dialect, _ATTEMPT_KEYS)
         self._finish_sql = _Compiled(_FINISH, dialect)
         self._insert_dead_sql = _Compiled(_INSERT_DEAD, dialect, _DEAD_KEYS)
@@ -132,8 +149,11 @@ class Store:
         )
 
     def migrate(self) -> int:
-        """Apply pending migrations; returns the schema version."""
+        """Apply pending migrations; returns the schema version. Processes starting together take
+        turns (SQLite: the write lock; PostgreSQL: a transaction-scoped advisory lock)."""
         with self._write() as conn:
+            if not self.is_sqlite:
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATE_LOCK})
             schema_version.create(conn, checkfirst=True)
             current = conn.execute(sa.select(schema_version.c.version)).scalar()
             if current is None:
@@ -203,6 +223,8 @@ class Store:
                         "updated_at": now,
                         "next_attempt_at": None if d.dead_reason else now,
                         "last_error": d.dead_reason,
+                        "order_key": d.order_key,
+                        "order_at": occurred_at.timestamp(),
                     }
                 )
                 if d.dead_reason:
@@ -248,30 +270,47 @@ class Store:
     ) -> tuple[DeliveryRecord, str | None] | None:
         """Lease a pending, due delivery for one attempt, and say in the same statement why its
         destination is disabled (``None`` while it is enabled). ``None`` if the delivery is not
-        pending, not due, or leased by another worker: two copies of one message never send twice
-        at once.
+        pending, not due, leased by another worker, or waiting behind an earlier delivery of its
+        ordering key: two copies of one message never send twice at once, and one key never has
+        two attempts in flight.
 
         The record carries the lease's fencing token (``lease_token``), which every write that
         finishes the attempt must present, and this attempt's number in ``attempts`` (each lease
         takes the next one)."""
-        with self._raw_write() as cursor:
-            # "now" once the write lock is held: read before waiting for it, a delivery that became
-            # due meanwhile would look early.
-            now = self.now()
-            params = {
-                "b_id": delivery_id,
-                "b_now": now,
-                "b_lease_now": now,
-                "b_lease_seconds": lease_seconds,
-                "b_token": secrets.token_hex(16),
-            }
-            cursor.execute(self._lease_sql.sql, self._lease_sql.args(params))
-            row = cursor.fetchone()
-            names = [column[0] for column in cursor.description]
-        if row is None:
-            return None
-        mapping = dict(zip(names, row, strict=True))
+        try:
+            with self._raw_write() as cursor:
+                # "now" once the write lock is held: read before waiting for it, a delivery that
+                # became due meanwhile would look early.
+                now = self.now()
+                params = {
+                    "b_id": delivery_id,
+                    "b_now": now,
+                    "b_lease_now": now,
+                    "b_lease_seconds": lease_seconds,
+                    "b_token": secrets.token_hex(16),
+                }
+                cursor.execute(self._lease_sql.sql, self._lease_sql.args(params))
+                row = cursor.fetchone()
+                names = [column[0] for column in cursor.description]
+                if row is None:
+                    return None
+                mapping = dict(zip(names, row, strict=True))
+                if mapping["order_key"] is not None and self._key_turn_sql is not None:
+                    self._wait_for_turn(cursor, params)
+        except _NotHead:
+            return None  # another lease of its key committed first; this one is rolled back
         return DeliveryRecord.from_mapping(mapping), mapping["disabled_reason"]
+
+    def _wait_for_turn(self, cursor: Any, params: dict[str, Any]) -> None:
+        """PostgreSQL, inside the transaction that just leased an ordered delivery: take its key's
+        lock, then check in a fresh snapshot that it is still the head (see
+        :func:`key_turn_statements`). Raises :class:`_NotHead`, rolling the lease back, if a lease
+        of the key committed meanwhile."""
+        assert self._key_turn_sql is not None
+        for compiled in self._key_turn_sql:
+            cursor.execute(compiled.sql, compiled.args(params))
+        if cursor.fetchone() is None:
+            raise _NotHead
 
     def extend_leases(self, leases: Mapping[str, str], lease_seconds: float) -> set[str]:
         """Renew the leases given as ``{token: delivery id}`` that still hold their deliveries, to
@@ -394,7 +433,8 @@ class Store:
 
     def due(self, *, limit: int = 1000) -> list[str]:
         """Pending deliveries that are due, not leased, and have no message for this attempt yet
-        (new, or back from a long wait in the store), most overdue first."""
+        (new, or back from a long wait in the store), most overdue first. A delivery waiting behind
+        an earlier one of its ordering key is not due until it is the head."""
         now = self.now()
         c = deliveries.c
         query = (
@@ -404,12 +444,63 @@ class Store:
                 c.next_attempt_at <= now,
                 self._not_leased(),
                 sa.or_(c.enqueued_at.is_(None), c.enqueued_at < c.next_attempt_at),
+                self._is_head,
             )
             .order_by(c.next_attempt_at)
             .limit(limit)
         )
         with self._reader.connect() as conn:
             return list(conn.execute(query, {"b_lease_now": now}).scalars())
+
+    # -- per-key order ---------------------------------------------------------------------------
+
+    def ready(self, ids: Sequence[str]) -> list[str]:
+        """The deliveries of ``ids`` that need not wait for their ordering key: unordered ones, and
+        heads (no earlier delivery of the key pending, none being attempted)."""
+        if not ids:
+            return []
+        query = sa.select(deliveries.c.id).where(deliveries.c.id.in_(list(ids)), self._is_head)
+        with self._reader.connect() as conn:
+            ready = set(conn.execute(query, {"b_lease_now": self.now()}).scalars())
+        return [i for i in ids if i in ready]
+
+    def next_heads(self, record: DeliveryRecord) -> list[str]:
+        """After an attempt of ``record`` (committed): the pending, due, unleased head of its
+        ordering key, if any (none when ``record`` is unordered or itself still the head)."""
+        if record.order_key is None:
+            return []
+        now = self.now()
+        c = deliveries.c
+        query = sa.select(c.id).where(
+            c.order_key == record.order_key,
+            c.tenant == record.tenant,
+            c.destination == record.destination,
+            c.status == PENDING,
+            c.id != record.id,
+            c.next_attempt_at <= now,
+            self._not_leased(),
+            self._is_head,
+        )
+        with self._reader.connect() as conn:
+            return list(conn.execute(query, {"b_lease_now": now}).scalars())
+
+    def park(self, delivery_id: str) -> bool:
+        """Forget the message of an ordered delivery that must wait behind an earlier one of its
+        key (``enqueued_at`` NULL), so that it is enqueued again, by the head's finish or by the
+        sweep, once it is the head. ``False`` (nothing changed) when it is not waiting."""
+        c = deliveries.c
+        statement = (
+            deliveries.update()
+            .where(
+                c.id == delivery_id,
+                c.status == PENDING,
+                c.order_key.is_not(None),
+                ~self._is_head,
+            )
+            .values(enqueued_at=None)
+        )
+        with self._write() as conn:
+            return bool(conn.execute(statement, {"b_lease_now": self.now()}).rowcount)
 
     def count_awaiting_message(self) -> int:
         """How many pending deliveries were enqueued for their current attempt and are not leased:
@@ -632,6 +723,7 @@ class Store:
         with self._write() as conn:
             conn.execute(attempts.delete().where(attempts.c.delivery_id.in_(finished)))
             conn.execute(dead_letters.delete().where(dead_letters.c.delivery_id.in_(finished)))
+            conn.execute(notices.delete().where(notices.c.delivery_id.in_(finished)))
             deleted = conn.execute(
                 deliveries.delete().where(c.status.in_([DELIVERED, DEAD]), c.updated_at < cutoff)
             ).rowcount

@@ -100,6 +100,12 @@ class UrlTemplate(TextTemplate):
                         last.token.start_index,
                     )
             self._encoders.append(_ENCODERS[part])
+        written = urlsplit(static if seen_output else source)
+        if written.scheme.lower() not in ("http", "https") or not written.hostname:
+            raise self._src.syntax_error(
+                f"not an http(s) URL: {source[:80]!r}; write it as https://host/path",
+                self._src.offset,
+            )
 
     def render(self, context: Mapping[str, Any], *, timezone: str = "UTC") -> str:
         """The URL for ``context``, each value percent-encoded for its place. Raises

@@ -10,10 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from cxbridge import hookimpl
-from cxbridge.destinations import Destination
-from cxbridge.events import Event
-from cxbridge.outcome import Delivery, Outcome, Payload
+from cxbridge import Delivery, Destination, Event, Outcome, Payload, hookimpl
 from cxbridge_http.options import HttpOptions
 from cxbridge_http.sender import Sender, render_payload
 

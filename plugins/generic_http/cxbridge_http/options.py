@@ -32,9 +32,14 @@ from pydantic import (
     model_validator,
 )
 
-from cxbridge import AllowNetworks, ConfigWarning
-from cxbridge.signing import parse_secret
-from cxbridge.templating import JsonTemplate, TextTemplate, UrlTemplate
+from cxbridge import (
+    AllowNetworks,
+    ConfigWarning,
+    JsonTemplate,
+    TextTemplate,
+    UrlTemplate,
+    parse_secret,
+)
 
 __all__ = [
     "AUTH_TYPES",

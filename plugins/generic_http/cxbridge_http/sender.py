@@ -24,8 +24,8 @@ from cxbridge import (
     ResolutionFailed,
     TemplateRenderError,
     outcome_for_status,
+    sign,
 )
-from cxbridge.signing import sign
 from cxbridge_http.auth import AuthFailed, TokenCache, secret_values, static_auth_header
 from cxbridge_http.client import ClientCache, GuardedClient, SentResponse
 from cxbridge_http.options import HttpOptions, OAuth2Auth, header_value_problem, is_template

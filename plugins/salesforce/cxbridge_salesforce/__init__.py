@@ -53,6 +53,9 @@ def register_destinations(register: Callable[..., None]) -> None:
         TYPE,
         SalesforceOptions,
         description="Salesforce call Tasks, escalation Cases, follow-ups (upserts on external ids)",
+        # The events of a call write the same records: one at a time, in order, they neither race
+        # (upserts of create-only fields) nor update a Task before it exists.
+        ordering="call",
     )
 
 

@@ -127,10 +127,21 @@ class SalesforceClient:
                 timeout=(self.options.connect_timeout, self.options.read_timeout),
                 endpoint=self.options.endpoint,
             )
+            session.hooks["response"].append(self._remember_retry_after)
             self._local.session = session
             with self._sessions_lock:
                 self._sessions.append(session)
         return session
+
+    def _remember_retry_after(self, response: requests.Response, **_: Any) -> None:
+        # simple-salesforce's exceptions carry no headers; the last answer's Retry-After is kept
+        # per thread, so the error mapping can honour it.
+        self._local.retry_after = response.headers.get("Retry-After")
+
+    def last_retry_after(self) -> str | None:
+        """The Retry-After header of the last answer this thread received, if it had one."""
+        value: str | None = getattr(self._local, "retry_after", None)
+        return value
 
     def close(self) -> None:
         with self._sessions_lock:

@@ -9,7 +9,8 @@ other 403                                   permanent (permissions)
                                             transient codes (``UNABLE_TO_LOCK_ROW``) retry
 300 (several records on one external id)    permanent, listing the record ids
 404                                         permanent
-408, 429, 5xx, timeouts, connection errors  retry
+410 (an API version Salesforce retired)     permanent, and the destination is disabled
+408, 429, 5xx, timeouts, connection errors  retry, after the answer's ``Retry-After`` if any
 address refused by allow_networks, 3xx      permanent (the guard's message names the rule or
 redirect                                    the Location)
 non-JSON error bodies (HTML 401 or 503)     by status, with the body's text as excerpt
@@ -29,7 +30,7 @@ from simple_salesforce.exceptions import (
     SalesforceRefusedRequest,
 )
 
-from cxbridge import Outcome, guard_outcome
+from cxbridge import Outcome, guard_outcome, parse_retry_after
 from cxbridge_salesforce.client import AuthError
 
 __all__ = ["TRANSIENT_ERROR_CODES", "PlanError", "outcome_for_exception"]
@@ -46,8 +47,11 @@ class PlanError(Exception):
     mapping)."""
 
 
-def outcome_for_exception(exc: BaseException, *, rate_limit_retry_after: float) -> Outcome | None:
-    """The outcome of an exception from a Salesforce call, or None if it is not one we know."""
+def outcome_for_exception(
+    exc: BaseException, *, rate_limit_retry_after: float, retry_after: str | None = None
+) -> Outcome | None:
+    """The outcome of an exception from a Salesforce call, or None if it is not one we know.
+    ``retry_after`` is the failed answer's ``Retry-After`` header."""
     guarded = guard_outcome(exc)  # a refused address or redirect, a failed DNS lookup
     if guarded is not None:
         return guarded
@@ -62,7 +66,7 @@ def outcome_for_exception(exc: BaseException, *, rate_limit_retry_after: float) 
     if isinstance(exc, PlanError):
         return Outcome.permanent(str(exc))
     if isinstance(exc, SalesforceError):
-        return _salesforce_outcome(exc, rate_limit_retry_after)
+        return _salesforce_outcome(exc, rate_limit_retry_after, retry_after)
     if isinstance(exc, requests.Timeout):
         return Outcome.retry(f"Salesforce did not answer in time ({type(exc).__name__})")
     if isinstance(exc, requests.RequestException):
@@ -72,7 +76,9 @@ def outcome_for_exception(exc: BaseException, *, rate_limit_retry_after: float) 
     return None
 
 
-def _salesforce_outcome(exc: SalesforceError, rate_limit_retry_after: float) -> Outcome:
+def _salesforce_outcome(
+    exc: SalesforceError, rate_limit_retry_after: float, retry_after: str | None
+) -> Outcome:
     status = exc.status
     errors = _errors(exc.content)
     code = errors[0].get("errorCode") if errors else None
@@ -109,8 +115,19 @@ def _salesforce_outcome(exc: SalesforceError, rate_limit_retry_after: float) -> 
             "permissions",
             **details,
         )
+    if status == 410:
+        return Outcome.permanent(
+            f"Salesforce says the {where}resource is gone (HTTP 410), usually a retired API "
+            "version: raise api_version, then run `cxbridge enable` and replay the dead letters",
+            disable_destination=True,
+            **details,
+        )
     if status >= 500 or status in (408, 429) or code in TRANSIENT_ERROR_CODES:
-        return Outcome.retry(f"Salesforce {where}error: {described}", **details)
+        return Outcome.retry(
+            f"Salesforce {where}error: {described}",
+            retry_after=parse_retry_after(retry_after),
+            **details,
+        )
     return Outcome.permanent(f"Salesforce rejected the {where}write: {described}", **details)
 
 

@@ -38,7 +38,9 @@ def execute(plan: WritePlan, client: SalesforceClient) -> Outcome:
             return Outcome.retry(f"{write.name}: {exc}", retry_after=exc.retry_after)
         except Exception as exc:
             outcome = outcome_for_exception(
-                exc, rate_limit_retry_after=client.options.rate_limit_retry_after
+                exc,
+                rate_limit_retry_after=client.options.rate_limit_retry_after,
+                retry_after=client.last_retry_after(),
             )
             if outcome is None:
                 raise

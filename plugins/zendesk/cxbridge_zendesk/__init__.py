@@ -40,6 +40,9 @@ def register_destinations(register) -> None:  # type: ignore[no-untyped-def]
         DESTINATION_TYPE,
         ZendeskOptions,
         description="Zendesk Support: one ticket per call (find-or-create by external_id)",
+        # Find-or-create is not atomic in Zendesk: two events of one call at once would both miss
+        # and both create. One at a time, in order, the first creates and the rest find.
+        ordering="call",
     )
 
 

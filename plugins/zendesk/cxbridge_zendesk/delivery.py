@@ -4,9 +4,11 @@ outcomes.
 One attempt, idempotent, whatever order the events of a call arrive in:
 
 1. Find the call's ticket: ``GET /api/v2/tickets.json?external_id=...`` (the oldest when several).
-2. None yet: resolve the requester (``users/search`` by phone, else ``users/create_or_update``) and
-   create the ticket with ``Idempotency-Key`` derived from the delivery id, so a retried create
-   answers the first ticket. The event's comment, when it has one, is the ticket's first comment.
+2. None yet: resolve the requester (``users/search`` by phone, else ``users/create_or_update``,
+   which finds the user by email, or a phone-only caller by the ``external_id``
+   ``cxbridge-phone:<digits>`` given to the users created here, so two calls of one new caller at
+   once make one user) and create the ticket with ``Idempotency-Key`` derived from the delivery
+   id, so a retried create answers the first ticket. The event's comment, when it has one, is the ticket's first comment.
 3. Found: one ``PUT`` with the event's fields, ``additional_tags`` / ``remove_tags`` and the
    comment, unless a comment of this delivery is already there (each comment ends with a ``cxbridge
    ref`` of the delivery).
@@ -47,6 +49,7 @@ log = logging.getLogger(__name__)
 EXCERPT_LIMIT = 16 * 1024
 REF_PREFIX = "cxbridge ref "
 DUPLICATE_TAG = "cxbridge_duplicate"
+CALLER_EXTERNAL_ID = "cxbridge-phone:"  # + the caller's digits: the external_id of a user we create
 
 
 def delivery_ref(delivery_id: str) -> str:
@@ -99,7 +102,11 @@ def _requester_id(client: Zenpy, requester: RequesterPlan, ref: str) -> int:
     if requester.phone:
         user.phone = requester.phone
     if requester.email:
-        user.email = requester.email
+        user.email = requester.email  # create_or_update finds an existing user by email
+    elif digits:
+        # ... and by external_id: two calls of one new caller at once (or a search index that
+        # has not caught up yet) meet on one user instead of creating two.
+        user.external_id = f"{CALLER_EXTERNAL_ID}{digits}"
     with request_headers({"Idempotency-Key": f"cxbridge-user-{ref}"}):
         created = client.users.create_or_update(user)
     return int(created.id)

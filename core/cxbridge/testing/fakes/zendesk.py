@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
-from tests.fakes.server import FakeHandler, FakeServer
+from cxbridge.testing.fakes.server import FakeHandler, FakeServer
 
 __all__ = ["FakeZendesk", "Fault", "Recorded"]
 

@@ -32,9 +32,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 from xml.sax.saxutils import escape
 
-import jwt
-
-from tests.fakes.server import FakeHandler, FakeServer
+from cxbridge.testing.fakes.server import FakeHandler, FakeServer
 
 __all__ = ["FakeSalesforce", "Fault"]
 
@@ -313,6 +311,8 @@ class _Handler(FakeHandler):
         if grant == "urn:ietf:params:oauth:grant-type:jwt-bearer":
             if fake.jwt_public_key is None:
                 return refuse("invalid_grant", "no certificate registered for the connected app")
+            import jwt  # PyJWT comes with simple-salesforce, not with the core
+
             try:
                 claims = jwt.decode(
                     form.get("assertion", ""),
