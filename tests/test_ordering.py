@@ -31,7 +31,7 @@ from cxbridge.replay import replay
 from cxbridge.store import DeliveryFilter, Store
 from tests.engine_support import MakeEngine, make_event, wait_until_settled
 from tests.scripted_plugin import ScriptedOptions, ScriptedPlugin
-from tests.test_engine_brokers import broker_url, running_engine  # noqa: F401 - a fixture
+from tests.test_engine_brokers import running_engine
 
 # ``crm`` keeps per-call order (``ordered: true`` over the scripted type's default, off);
 # ``hook`` takes every event as it comes.
@@ -425,7 +425,7 @@ def _advisory_lock_waits(store: Store) -> bool:
 def test_real_workers_attempt_each_call_one_at_a_time_in_order(
     make_engine: MakeEngine,
     tmp_path: Path,
-    broker_url: str,  # noqa: F811 - the fixture imported above
+    broker_url: str,
     store_url: str,
 ) -> None:
     calls, lock = defaultdict(list), threading.Lock()
