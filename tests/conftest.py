@@ -59,6 +59,15 @@ def postgres_url() -> str:
     return POSTGRES_URL
 
 
+@pytest.fixture(params=["sqlite", "redis", "rabbitmq"])
+def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A broker URL: the embedded SQLite broker on a file, or the shared Redis or RabbitMQ (tests
+    on those use a queue of their own)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'broker.db'}"
+    return str(request.getfixturevalue("redis_url" if request.param == "redis" else "amqp_url"))
+
+
 @pytest.fixture(scope="session")
 def _postgres_database() -> Iterator[str]:
     """A fresh PostgreSQL database for this test session, dropped at the end."""

@@ -17,8 +17,6 @@ from dramatiq.common import xq_name
 from cxbridge.brokers import REDIS_DEFAULTS, BrokerURLError, SQLiteBroker, broker_from_url
 from cxbridge.errors import CxbridgeError
 
-BACKENDS = ["sqlite", "redis", "rabbitmq"]
-
 
 def wait_for(predicate: Callable[[], Any], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
@@ -35,13 +33,6 @@ def dead_count(broker: dramatiq.Broker, queue: str) -> int:
     if hasattr(broker, "get_queue_message_counts"):  # RabbitMQ
         return int(broker.get_queue_message_counts(queue)[2])
     return int(broker.client.zcard(f"{broker.namespace}:{xq_name(queue)}"))  # Redis
-
-
-@pytest.fixture(params=BACKENDS, ids=BACKENDS)
-def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/broker.db"
-    return str(request.getfixturevalue("redis_url" if request.param == "redis" else "amqp_url"))
 
 
 @pytest.fixture

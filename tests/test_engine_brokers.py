@@ -10,21 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from cxbridge import Outcome
 from cxbridge.brokers import broker_from_url
 from cxbridge.clock import SystemClock
 from cxbridge.engine import Engine
 from tests.engine_support import MakeEngine, make_event, wait_until_settled
 from tests.scripted_plugin import ScriptedPlugin
-
-
-@pytest.fixture(params=["sqlite", "redis", "rabbitmq"])
-def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'broker.db'}"
-    return str(request.getfixturevalue("redis_url" if request.param == "redis" else "amqp_url"))
 
 
 @contextlib.contextmanager

@@ -53,6 +53,7 @@ def test_exported_names():
             "EventValidationError",
             "PluginError",
             "SignatureError",
+            "StoreUnavailableError",
             "TemplateError",
             "TemplateRenderError",
             "TemplateSyntaxError",

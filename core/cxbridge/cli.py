@@ -12,13 +12,12 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
-from urllib.parse import urlsplit, urlunsplit
 
 import click
 
 from cxbridge import __version__
 from cxbridge.errors import ConfigError, CxbridgeError
-from cxbridge.settings import Settings
+from cxbridge.settings import Settings, redact_url
 
 if TYPE_CHECKING:
     from cxbridge.config import TenantConfig
@@ -41,16 +40,6 @@ def _settings(config: Path | None = None) -> Settings:
 def _fail(message: str) -> NoReturn:
     click.echo(message, err=True)
     sys.exit(1)
-
-
-def redact_url(url: str) -> str:
-    """``scheme://user:***@host/...``: a URL fit for an error message or a log line."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit(parts._replace(netloc=user + netloc))
 
 
 def explain(exc: BaseException) -> str:
@@ -291,13 +280,26 @@ def schema(output: Any) -> None:
     type=click.IntRange(1, 64),
     help="Worker processes.",
 )
-@click.option("--no-scheduler", is_flag=True, help="Do not run the due/lost scheduler here.")
+@click.option(
+    "--no-scheduler",
+    is_flag=True,
+    help="Do not run a scheduler thread here (by default every process runs one; one is elected).",
+)
 @config_option
 def worker(threads: int, processes: int, no_scheduler: bool, config: Path | None) -> None:
-    """Run delivery workers against $CXBRIDGE_BROKER_URL and $CXBRIDGE_DATABASE_URL."""
-    from cxbridge.workers import run_workers
+    """Run delivery workers against $CXBRIDGE_BROKER_URL and $CXBRIDGE_DATABASE_URL.
 
-    run_workers(_settings(config), processes=processes, threads=threads, scheduler=not no_scheduler)
+    With --processes N a supervisor restarts any worker process that dies. Exit codes: 0 after
+    SIGTERM or SIGINT, 1 when the configuration, the store or the broker is not usable (one line
+    on stderr says which)."""
+    from cxbridge.workers import WorkerStartError, run_workers
+
+    try:
+        run_workers(
+            _settings(config), processes=processes, threads=threads, scheduler=not no_scheduler
+        )
+    except WorkerStartError as exc:
+        _fail(f"cxbridge worker: {exc}")
 
 
 @cli.command()

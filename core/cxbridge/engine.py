@@ -17,6 +17,11 @@ calls the ``on_delivery_failed`` hooks that a dying process left undone (:mod:`c
 Every attempt is fenced: its lease carries a token that recording the result must present, so a result
 that comes back after its lease was taken over changes nothing (it is kept as a stale attempt row).
 While an attempt runs, the engine's heartbeat thread renews its lease.
+
+Every started engine runs a scheduler thread; the one that holds the store's scheduler lock sweeps
+(:mod:`cxbridge.election`). Outages: a broker that is away makes no call fail once the store has
+committed (the scheduler sends what could not be sent); a store that is away fails ``accept`` with
+``StoreUnavailableError`` and makes the broker retry a message later instead of dead-lettering it.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from cxbridge.brokers.depth import queue_depth
 from cxbridge.clock import Clock, SystemClock
 from cxbridge.config import TenantConfig, load_config_dir
 from cxbridge.destinations import Destination
+from cxbridge.election import Election
 from cxbridge.events import Event
 from cxbridge.leases import LeaseHeartbeat
 from cxbridge.outbox import CLAIM_SECONDS, DeadLetterOutbox
@@ -53,6 +59,7 @@ from cxbridge.store import (
     DeliveryRecord,
     Store,
 )
+from cxbridge.watchdog import ThreadWatchdog
 
 __all__ = ["ACTOR_NAME", "QUEUE_NAME", "Engine"]
 
@@ -61,6 +68,10 @@ ACTOR_NAME = "cxbridge_deliver"
 QUEUE_NAME = "cxbridge"  # the default of CXBRIDGE_QUEUE_NAME
 SWEEP_BATCH = 1000  # deliveries the scheduler reads and enqueues per query
 SWEEP_BATCHES = 100  # at most this many batches of due deliveries per scheduler pass
+
+
+def _retry_when_store_unavailable(retries: int, exception: BaseException) -> bool:
+    return isinstance(exception, dramatiq.Retry)
 
 
 class Engine:
@@ -79,6 +90,8 @@ class Engine:
         the store for the scheduler.
     :param hook_claim_seconds: ``on_delivery_failed`` hooks left undone this long after their dead
         letter (the process died) are called by the scheduler (see :mod:`cxbridge.outbox`).
+    :param scheduler_lock_seconds: on SQLite, how long the scheduler's lock outlives its holder's
+        last renewal (see :mod:`cxbridge.election`).
     """
 
     def __init__(
@@ -94,6 +107,7 @@ class Engine:
         lost_after: float | None = None,
         short_delay: float | None = None,
         queue_name: str | None = None,
+        scheduler_lock_seconds: float = 5.0,
         hook_claim_seconds: float = CLAIM_SECONDS,
     ) -> None:
         self.settings = settings or Settings()
@@ -122,16 +136,25 @@ class Engine:
         self.router = Router(
             self.store, self.hooks, self.tenants, self.enqueue, self.outbox.dispatch
         )
-        # max_retries=0: the retry decision is ours (see the module docstring), not Dramatiq's.
+        # The retry decision is ours (see the module docstring), not Dramatiq's: the broker retries
+        # a message only when the store was unavailable (``dramatiq.Retry``), with a backoff of
+        # 1 s doubling to 60 s; any other error fails the message.
         self.actor: dramatiq.Actor[[str], None] = dramatiq.Actor(
             self._deliver_message,
             broker=self.broker,
             actor_name=ACTOR_NAME,
             queue_name=self.queue_name,
             priority=0,
-            options={"max_retries": 0},
+            options={
+                "max_retries": 0,
+                "retry_when": _retry_when_store_unavailable,
+                "min_backoff": 1000,
+                "max_backoff": 60_000,
+            },
         )
+        self.scheduler_lock_seconds = scheduler_lock_seconds
         self._worker: Any = None
+        self.watchdog: ThreadWatchdog | None = None  # while started
         self._stop = threading.Event()
         self._scheduler: threading.Thread | None = None
         self.heartbeat = LeaseHeartbeat(self.store, self.lease_seconds)
@@ -207,10 +230,31 @@ class Engine:
         """Store an event, fan it out to its destinations and enqueue the deliveries."""
         return self.router.accept(event)
 
-    def enqueue(self, delivery_ids: Sequence[str]) -> None:
-        for delivery_id in delivery_ids:
-            self.actor.send(delivery_id)
-        self.store.mark_enqueued(delivery_ids)
+    def enqueue(self, delivery_ids: Sequence[str]) -> int:
+        """Send one message per delivery, then mark the sent ones enqueued; returns how many were
+        sent. Never raises: while the broker is away the rest stay "not enqueued" in the store, and
+        the scheduler sends them once it is back."""
+        sent: list[str] = []
+        try:
+            for delivery_id in delivery_ids:
+                self.actor.send(delivery_id)
+                sent.append(delivery_id)
+        except Exception as exc:  # each broker's client raises its own types (redis, pika, sqlite3)
+            log.warning(
+                "broker unavailable, %d of %d message(s) left for the scheduler to send: %s: %s",
+                len(delivery_ids) - len(sent),
+                len(delivery_ids),
+                type(exc).__name__,
+                exc,
+            )
+        try:
+            self.store.mark_enqueued(sent)
+        except Exception as exc:
+            if not self.store.is_database_error(exc):
+                raise
+            # Sent but not marked: the scheduler may send them once more, which the lease absorbs.
+            log.warning("store unavailable, %d sent message(s) not marked: %s", len(sent), exc)
+        return len(sent)
 
     def replace_tenants(self, tenants: Mapping[str, TenantConfig]) -> None:
         """Switch to reloaded tenant files: events accepted and attempts started from now on use them."""
@@ -220,7 +264,18 @@ class Engine:
     # -- one attempt -----------------------------------------------------------------------------
 
     def _deliver_message(self, delivery_id: str) -> None:
-        self.process(delivery_id)
+        try:
+            self.process(delivery_id)
+        except Exception as exc:
+            if not self.store.is_database_error(exc):
+                raise
+            # Not a failed message: the broker keeps it and retries it with a backoff, instead of
+            # dead-lettering a delivery the store still holds as pending (or even delivered).
+            cause = getattr(exc, "orig", None) or exc
+            log.warning(
+                "delivery %s: store unavailable, message retried later: %s", delivery_id, cause
+            )
+            raise dramatiq.Retry(f"store unavailable: {type(cause).__name__}") from exc
 
     def process(self, delivery_id: str) -> Outcome | None:
         """Make one attempt of a delivery if it is pending and due; ``None`` if there was nothing to do."""
@@ -321,8 +376,19 @@ class Engine:
             self.enqueue(self.store.next_heads(record))
 
     def _send_in(self, delivery_id: str, seconds: float) -> None:
-        """Enqueue with a broker delay, rounded up: a message must not arrive before it is due."""
-        self.actor.send_with_options(args=(delivery_id,), delay=max(0, math.ceil(seconds * 1000)))
+        """Enqueue with a broker delay, rounded up: a message must not arrive before it is due.
+        While the broker is away the scheduler finds the delivery lost and sends it again."""
+        try:
+            self.actor.send_with_options(
+                args=(delivery_id,), delay=max(0, math.ceil(seconds * 1000))
+            )
+        except Exception as exc:  # the broker client's own types
+            log.warning(
+                "broker unavailable, retry of %s left for the scheduler: %s: %s",
+                delivery_id,
+                type(exc).__name__,
+                exc,
+            )
 
     def _call_deliver(self, delivery: Delivery, destination: Destination) -> Outcome:
         try:
@@ -368,8 +434,10 @@ class Engine:
         # a clock stepped back between a read and its mark could otherwise select a batch again.
         for _ in range(SWEEP_BATCHES):
             due = self.store.due(limit=SWEEP_BATCH)
-            self.enqueue(due)
-            sent += len(due)
+            enqueued = self.enqueue(due)
+            sent += enqueued
+            if enqueued < len(due):
+                return sent  # the broker is away: the rest waits for a pass once it is back
             if len(due) < SWEEP_BATCH:
                 break
         lost = self._lost_messages()
@@ -380,8 +448,8 @@ class Engine:
                 len(lost),
                 self.queue_name,
             )
-            self.enqueue(lost)
-        return sent + len(lost)
+            sent += self.enqueue(lost)
+        return sent
 
     def _lost_messages(self) -> list[str]:
         """Deliveries whose message the broker lost: a long queue is not a lost message.
@@ -414,32 +482,47 @@ class Engine:
         cutoff = self.clock.now() - timedelta(days=self.settings.retention_days)
         return self.store.purge(cutoff)
 
-    def _schedule_loop(self, interval: float) -> None:
+    def _schedule_loop(self, election: Election, interval: float) -> None:
+        """Campaign every ``interval`` seconds; sweep (and purge hourly) only while leading."""
         last_purge = 0.0
-        while not self._stop.wait(interval):
+        while True:
             try:
-                self.sweep()
-                self.outbox.dispatch_left_over()
-                if time.monotonic() - last_purge > 3600:
-                    last_purge = time.monotonic()
-                    self.purge()
+                if election.campaign():
+                    self.sweep()
+                    self.outbox.dispatch_left_over()
+                    if time.monotonic() - last_purge > 3600:
+                        last_purge = time.monotonic()
+                        self.purge()
             except Exception:
                 log.exception("scheduler pass failed; trying again in %.1f s", interval)
+            if self._stop.wait(interval):
+                break
+        election.resign()
 
     # -- running ---------------------------------------------------------------------------------
 
     def start(self, *, threads: int = 4, scheduler: bool = True, interval: float = 1.0) -> None:
-        """Start worker threads (and the scheduler) in this process. :meth:`stop` ends them."""
+        """Start worker threads, their watchdog and the scheduler thread in this process.
+        :meth:`stop` ends them.
+
+        The scheduler thread of every process campaigns for the scheduler lock in the store
+        (:mod:`cxbridge.election`) every ``interval`` seconds and sweeps only while it holds it;
+        a leader that dies is replaced within ``scheduler_lock_seconds`` plus ``interval``."""
         self._stop.clear()
         self._worker = dramatiq.Worker(
             self.broker, worker_threads=threads, queues={self.queue_name}
         )
         self._worker.start()
+        self.watchdog = ThreadWatchdog(self._worker, interval=interval)
+        self.watchdog.start()
         self.heartbeat.start()
         if scheduler:
-            self.sweep()
+            election = Election(self.store, ttl=self.scheduler_lock_seconds)
             self._scheduler = threading.Thread(
-                target=self._schedule_loop, args=(interval,), name="cxbridge-scheduler", daemon=True
+                target=self._schedule_loop,
+                args=(election, interval),
+                name="cxbridge-scheduler",
+                daemon=True,
             )
             self._scheduler.start()
 
@@ -448,6 +531,9 @@ class Engine:
         if self._scheduler is not None:
             self._scheduler.join(timeout)
             self._scheduler = None
+        if self.watchdog is not None:
+            self.watchdog.stop()  # first: the worker's threads are about to end on purpose
+            self.watchdog = None
         if self._worker is not None:
             self._worker.stop(timeout=int(timeout * 1000))
             self._worker = None

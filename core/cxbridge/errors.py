@@ -19,6 +19,7 @@ __all__ = [
     "RedirectRefused",
     "ResolutionFailed",
     "SignatureError",
+    "StoreUnavailableError",
     "TemplateError",
     "TemplateRenderError",
     "TemplateSyntaxError",
@@ -187,3 +188,9 @@ class RedirectRefused(CxbridgeError):
             "followed: configure the final address",
             **context,
         )
+
+
+class StoreUnavailableError(CxbridgeError):
+    """The store (database) could not be written or read right now: it is down or unreachable, its
+    disk is full, or it is locked. Nothing was stored by the call that raised it; the same call
+    may be repeated once the store is back (accepting an event is idempotent on its id)."""

@@ -5,18 +5,23 @@ Each destination whose ``events`` list and ``when`` condition match gets its pay
 stored the event then calls the ``on_event`` hooks and enqueues the deliveries — except those that wait
 behind an earlier delivery of their ordering key (see :func:`ordering_key`) — so the same event id
 again (even concurrently, from another thread or process) fans out and observes nothing new.
+
+Errors: :meth:`Router.accept` raises only cxbridge errors, and only when nothing was stored. Once the
+event and its deliveries are committed it returns, whatever the broker does: a delivery whose message
+could not be sent stays "not enqueued" in the store, and the scheduler sends it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from cxbridge.config import TenantConfig
 from cxbridge.destinations import Destination
-from cxbridge.errors import CxbridgeError, TemplateError
+from cxbridge.errors import CxbridgeError, StoreUnavailableError, TemplateError
 from cxbridge.events import Event
 from cxbridge.outcome import Payload
 from cxbridge.plugins import Hooks
@@ -82,12 +87,15 @@ class Accepted:
 
 
 class Router:
+    """Fans events out. ``enqueue`` sends the deliveries' messages; it must not raise (what it cannot
+    send, it leaves unmarked in the store for the scheduler)."""
+
     def __init__(
         self,
         store: Store,
         hooks: Hooks,
         tenants: Mapping[str, TenantConfig],
-        enqueue: Callable[[Sequence[str]], None],
+        enqueue: Callable[[Sequence[str]], object],
         dispatch_dead: Callable[[Sequence[str]], object],
     ) -> None:
         self.store = store
@@ -105,8 +113,9 @@ class Router:
                 tenant=event.tenant,
                 event_id=event.id,
             )
-        if self.store.has_event(event.tenant, event.id):
-            return self._duplicate(event)
+        with self._storing(event):
+            if self.store.has_event(event.tenant, event.id):
+                return self._duplicate(event)
         context = event.template_context(timezone=tenant.timezone)
         new: list[NewDelivery] = []
         for destination in tenant.destinations_for(event.type):
@@ -131,16 +140,17 @@ class Router:
             did = delivery_id(event.tenant, event.id, destination.name)
             key = ordering_key(event) if destination.ordered else None
             new.append(NewDelivery(did, destination.name, payload, dead_reason, key))
-        stored = self.store.add_event(
-            tenant=event.tenant,
-            event_id=event.id,
-            event_type=event.type,
-            occurred_at=event.occurred_at,
-            body=event_body(event),
-            new_deliveries=new,
-        )
-        if not stored:  # another process stored it between our check and our insert
-            return self._duplicate(event)
+        with self._storing(event):
+            stored = self.store.add_event(
+                tenant=event.tenant,
+                event_id=event.id,
+                event_type=event.type,
+                occurred_at=event.occurred_at,
+                body=event_body(event),
+                new_deliveries=new,
+            )
+            if not stored:  # another process stored it between our check and our insert
+                return self._duplicate(event)
         self.hooks.on_event(event, event.tenant)
         dead = [n.id for n in new if n.dead_reason is not None]
         pending = [n.id for n in new if n.dead_reason is None]
@@ -151,6 +161,24 @@ class Router:
         self.enqueue(pending)
         self.dispatch_dead(dead)
         return Accepted(event.id, False, [n.id for n in new], dead)
+
+    @contextlib.contextmanager
+    def _storing(self, event: Event) -> Iterator[None]:
+        """Turn the database's own errors into :class:`StoreUnavailableError`. The event's
+        transaction rolled back, so the caller may send it again."""
+        try:
+            yield
+        except Exception as exc:
+            if not self.store.is_database_error(exc):
+                raise
+            # The driver's own message: SQLAlchemy's adds the statement and its parameters.
+            cause = getattr(exc, "orig", None) or exc
+            raise StoreUnavailableError(
+                f"the store could not save the event ({type(cause).__name__}: {cause}); nothing was "
+                "stored: send the event again once the database is reachable and has space",
+                tenant=event.tenant,
+                event_id=event.id,
+            ) from exc
 
     def _duplicate(self, event: Event) -> Accepted:
         tenant = self.tenants[event.tenant]

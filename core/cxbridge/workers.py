@@ -1,53 +1,156 @@
-"""``cxbridge worker``: delivery workers in one or more processes, stopped cleanly by SIGINT/SIGTERM."""
+"""``cxbridge worker``: delivery workers in one process, or in several under a :class:`Supervisor`.
+
+Everything a worker needs is checked before any work starts, by :func:`open_engine`: the plugins,
+the tenant files, the store (migrated) and the broker (reached once). A problem is a
+:class:`WorkerStartError` whose message is one line saying what to fix. With several processes the
+parent checks first, so a bad configuration stops ``cxbridge worker`` at once with that line; a child
+that finds a configuration problem later (a tenant file edited since) exits with
+:data:`FATAL_EXIT` and is not restarted. Each process runs a scheduler thread; the store elects the one
+that sweeps (:mod:`cxbridge.election`).
+"""
 
 from __future__ import annotations
 
 import logging
-import multiprocessing
+import os
 import signal
+import sys
 import threading
+from multiprocessing.queues import SimpleQueue
+from typing import TYPE_CHECKING
 
-from cxbridge.settings import Settings
+from cxbridge.errors import ConfigError, CxbridgeError
+from cxbridge.settings import Settings, redact_url
+from cxbridge.supervisor import FATAL_EXIT, Supervisor, WorkerStartError
 
-__all__ = ["run_worker_process", "run_workers"]
+if TYPE_CHECKING:
+    from cxbridge.engine import Engine
+
+__all__ = ["FATAL_EXIT", "WorkerStartError", "open_engine", "run_worker_process", "run_workers"]
 
 log = logging.getLogger(__name__)
 
 
-def run_worker_process(settings: Settings, threads: int, scheduler: bool) -> None:
-    """Run one worker process until SIGINT or SIGTERM; in-flight attempts finish or are requeued."""
-    from cxbridge.engine import Engine
+def _cause(exc: BaseException) -> str:
+    cause = getattr(exc, "orig", None) or exc  # SQLAlchemy's own text adds the statement
+    text = " ".join(str(cause).split()) or type(cause).__name__
+    return f"{type(cause).__name__}: {text}"
 
-    stop = threading.Event()
+
+def open_engine(settings: Settings) -> Engine:
+    """The engine of one worker process, after checking each part it needs in turn.
+
+    Raises:
+      WorkerStartError: ``fatal`` for invalid plugins, tenant files or broker URL; not ``fatal``
+        when the store or the broker cannot be reached (it may come back).
+    """
+    from cxbridge.brokers import broker_from_url, check_broker
+    from cxbridge.config import load_config_dir
+    from cxbridge.engine import Engine
+    from cxbridge.plugins import load_plugins
+    from cxbridge.store import Store
+
+    try:
+        plugins = load_plugins(settings)
+        tenants = load_config_dir(settings.config_dir, plugins.destination_types)
+    except ConfigError as exc:
+        first = exc.problems[0] if exc.problems else exc.message
+        raise WorkerStartError(
+            f"{len(exc.problems)} problem(s) in the tenant files of {settings.config_dir}, the "
+            f"first: {first}; run `cxbridge validate {settings.config_dir}` to see all",
+            fatal=True,
+        ) from None
+    except CxbridgeError as exc:
+        raise WorkerStartError(" ".join(str(exc).split()), fatal=True) from None
+    database = redact_url(settings.database_url)
+    try:
+        store = Store(settings.database_url)
+        store.migrate()
+    except Exception as exc:
+        raise WorkerStartError(
+            f"cannot open the store {database} ({_cause(exc)}); check CXBRIDGE_DATABASE_URL "
+            "and that the database is running",
+            fatal=False,
+        ) from None
+    try:
+        broker = broker_from_url(settings.broker_url)
+    except CxbridgeError as exc:
+        store.close()
+        raise WorkerStartError(str(exc), fatal=True) from None
+    try:
+        check_broker(broker)
+        return Engine(settings, plugins=plugins, tenants=tenants, store=store, broker=broker)
+    except Exception as exc:
+        store.close()
+        broker.close()
+        raise WorkerStartError(
+            f"cannot reach the broker {redact_url(settings.broker_url)} ({_cause(exc)}); check "
+            "CXBRIDGE_BROKER_URL and that the broker is running",
+            fatal=False,
+        ) from None
+
+
+def run_worker_process(
+    settings: Settings,
+    threads: int,
+    scheduler: bool,
+    log_level: int | None = None,
+    fatal: SimpleQueue[str] | None = None,
+) -> None:
+    """Run one worker process until SIGINT or SIGTERM; in-flight attempts finish or are requeued.
+    SIGUSR1 logs how many of its consumer and worker threads run (:class:`~cxbridge.watchdog.ThreadHealth`).
+
+    As a supervised child (``fatal`` given) it also stops when its parent is gone, and reports a
+    start-up problem as one line: a fatal one on ``fatal`` with exit code :data:`FATAL_EXIT`, any
+    other on stderr with exit code 1 (the supervisor restarts it).
+
+    Raises:
+      WorkerStartError: when not supervised.
+    """
+    if log_level is not None:  # a spawned child starts with no logging configured
+        logging.basicConfig(
+            level=log_level, format="%(levelname)s %(name)s[%(process)d]: %(message)s"
+        )
+    stop, report = threading.Event(), threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    engine = Engine(settings)
+    signal.signal(signal.SIGUSR1, lambda *_: report.set())
+    parent = os.getppid()
+    try:
+        engine = open_engine(settings)
+    except WorkerStartError as exc:
+        if fatal is None:
+            raise
+        if exc.fatal:
+            fatal.put(str(exc))
+            sys.exit(FATAL_EXIT)
+        print(f"cxbridge worker (pid {os.getpid()}): {exc}", file=sys.stderr)
+        sys.exit(1)
     engine.start(threads=threads, scheduler=scheduler)
-    log.warning("worker ready: %d thread(s), scheduler %s", threads, "on" if scheduler else "off")
-    stop.wait()
+    log.warning(
+        "worker ready: %d thread(s), scheduler %s",
+        threads,
+        "thread on (elected through the store)" if scheduler else "off",
+    )
+    while not stop.wait(1.0):
+        if fatal is not None and os.getppid() != parent:
+            log.warning("the supervising process is gone; stopping")
+            break
+        if report.is_set() and engine.watchdog is not None:
+            report.clear()
+            log.warning("health: %s", engine.watchdog.health())
     engine.close()
 
 
 def run_workers(settings: Settings, *, processes: int, threads: int, scheduler: bool) -> None:
-    """Run ``processes`` worker processes; the first one also runs the scheduler."""
+    """Run ``processes`` worker processes (under a :class:`Supervisor` when more than one).
+
+    Raises:
+      WorkerStartError: when the configuration, the store or the broker is not usable.
+    """
     if processes <= 1:
         run_worker_process(settings, threads, scheduler)
         return
-    context = multiprocessing.get_context("spawn")
-    children = [
-        context.Process(
-            target=run_worker_process, args=(settings, threads, scheduler and index == 0)
-        )
-        for index in range(processes)
-    ]
-    for child in children:
-        child.start()
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
-    for child in children:
-        if child.pid is not None and child.is_alive():
-            child.terminate()
-    for child in children:
-        child.join()
+    open_engine(settings).close()  # check everything once, before any child starts
+    level = logging.getLogger().getEffectiveLevel()
+    Supervisor(run_worker_process, (settings, threads, scheduler, level), processes=processes).run()

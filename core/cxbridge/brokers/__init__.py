@@ -20,6 +20,7 @@ __all__ = [
     "SQLiteBroker",
     "SQLiteMessageProxy",
     "broker_from_url",
+    "check_broker",
     "cxbridge_middleware",
 ]
 
@@ -110,6 +111,17 @@ def broker_from_url(url: str, **options: Any) -> dramatiq.Broker:
         f"unsupported broker URL scheme {scheme + '://' if scheme else '(none)'!r}; "
         "set CXBRIDGE_BROKER_URL to one of: " + "; ".join(SUPPORTED_SCHEMES)
     )
+
+
+def check_broker(broker: dramatiq.Broker) -> None:
+    """Reach the broker once, so that a worker fails at start rather than later: Redis answers a
+    ``PING``, RabbitMQ opens a connection; the SQLite broker opened its file when created. Raises
+    the broker client's own error."""
+    client = getattr(broker, "client", None)  # Dramatiq's RedisBroker
+    if client is not None:
+        client.ping()
+    elif not isinstance(broker, SQLiteBroker) and hasattr(broker, "connection"):
+        broker.connection  # noqa: B018 - RabbitmqBroker's property opens this thread's connection
 
 
 def _sqlite_path(url: str) -> Path:

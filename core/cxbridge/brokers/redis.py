@@ -12,11 +12,20 @@ again after the heartbeat timeout, exactly as for a message that was being proce
 process died: Dramatiq's Redis broker is at-least-once either way, and cxbridge's actor turns a
 second copy of a finished delivery into a no-op (the lease refuses it). Failed messages
 (``nack``) are still sent at once.
+
+Surviving a Redis restart: Dramatiq's ``ConsumerThread`` restarts its consumer after a
+``ConnectionClosed``, but when it cleans up after any other error (e.g. the delay-queue thread's
+re-enqueue failing) it calls ``requeue``, whose raw ``redis.ConnectionError`` escapes the cleanup and
+ends the thread for good. Here every consumer call that talks to Redis turns connection errors into
+``ConnectionClosed``, so the thread lives on and reconnects (every
+``dramatiq_restart_delay`` ms, 3 s by default).
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import redis
@@ -47,6 +56,18 @@ end
 """
 
 
+#: What a Redis client raises while the server is away, restarting or loading its data.
+_CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError)
+
+
+@contextlib.contextmanager
+def _connection_closed() -> Iterator[None]:
+    try:
+        yield
+    except _CONNECTION_ERRORS as exc:
+        raise ConnectionClosed(exc) from None  # type: ignore[no-untyped-call]  # untyped
+
+
 class _BatchAckConsumer(_RedisConsumer):
     def __init__(self, broker: CxbridgeRedisBroker, *args: Any) -> None:
         super().__init__(broker, *args)  # type: ignore[no-untyped-call]  # untyped
@@ -72,16 +93,21 @@ class _BatchAckConsumer(_RedisConsumer):
             while sent < len(ids):
                 self.broker.ack_many(self.queue_name, ids[sent : sent + ACK_BATCH])
                 sent += ACK_BATCH
-        except redis.ConnectionError as exc:
+        except _CONNECTION_ERRORS as exc:
             with self._lock:  # not lost: sent with the next flush (or redelivered, harmlessly)
                 self._acks[:0] = ids[sent:]
             raise ConnectionClosed(exc) from None  # type: ignore[no-untyped-call]
+
+    def requeue(self, messages: Iterable[Any]) -> None:
+        with _connection_closed():
+            super().requeue(messages)  # type: ignore[no-untyped-call]  # untyped
 
     def __next__(self) -> Any:
         # Before the consumer fetches (or idles): that is when its acks went out in one batch.
         if self._acks and not self.message_cache:
             self.flush_acks()
-        return super().__next__()  # type: ignore[no-untyped-call]  # untyped
+        with _connection_closed():  # Dramatiq's catches only ConnectionError, not TimeoutError
+            return super().__next__()  # type: ignore[no-untyped-call]  # untyped
 
     def close(self) -> None:
         with self._lock:

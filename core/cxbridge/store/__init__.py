@@ -21,6 +21,7 @@ from cxbridge.store._schema import (
     PENDING,
     deliveries,
     metadata,
+    scheduler_lock,
     schema_version,
 )
 from cxbridge.store._service import LATENCY_BUCKETS_MS, FeedItem, StoreCounts
@@ -47,5 +48,6 @@ __all__ = [  # noqa: RUF022 - grouped by purpose, like dramatiq's
     "EXCERPT_LIMIT",
     "deliveries",
     "metadata",
+    "scheduler_lock",
     "schema_version",
 ]

@@ -20,6 +20,7 @@ __all__ = [
     "events",
     "metadata",
     "notices",
+    "scheduler_lock",
     "schema_version",
 ]
 
@@ -129,6 +130,14 @@ notices = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False, index=True),
     sa.UniqueConstraint("delivery_id", "failing_since", name="uq_notices_streak"),
 )
+# The scheduler's election on SQLite (cxbridge.election): one row per lock, held until expires_at.
+scheduler_lock = sa.Table(
+    "scheduler_lock",
+    metadata,
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("holder", sa.String(200), nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+)
 schema_version = sa.Table(
     "cxbridge_schema_version", metadata, sa.Column("version", sa.Integer, nullable=False)
 )
@@ -185,6 +194,11 @@ def _add_ordering(conn: sa.Connection) -> None:
     )
 
 
+def _add_scheduler_lock(conn: sa.Connection) -> None:
+    """Version 6: the row of the scheduler's election on SQLite (:mod:`cxbridge.election`)."""
+    scheduler_lock.create(conn, checkfirst=True)
+
+
 # Each migration brings the schema from version i to i + 1.
 MIGRATIONS: list[Callable[[sa.Connection], None]] = [
     _create_tables,
@@ -192,4 +206,5 @@ MIGRATIONS: list[Callable[[sa.Connection], None]] = [
     _add_fencing,
     _add_notices,
     _add_ordering,
+    _add_scheduler_lock,
 ]

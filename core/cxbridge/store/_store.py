@@ -140,6 +140,14 @@ class Store(ServiceQueries):
         with self._reader.connect() as conn:
             return datetime.fromtimestamp(float(conn.execute(sa.select(DB_NOW)).scalar_one()), UTC)
 
+    def is_database_error(self, exc: BaseException) -> bool:
+        """Whether ``exc`` came from the database (down, unreachable, disk full, locked, refused a
+        statement), through SQLAlchemy or straight from the driver (the hot path's raw cursors)."""
+        dbapi = self.engine.dialect.dbapi
+        return isinstance(exc, sa.exc.SQLAlchemyError) or (
+            dbapi is not None and isinstance(exc, dbapi.Error)
+        )
+
     def migrate(self) -> int:
         """Apply pending migrations; returns the schema version. Processes starting together take
         turns (SQLite: the write lock; PostgreSQL: a transaction-scoped advisory lock)."""
