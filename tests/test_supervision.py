@@ -116,9 +116,10 @@ def test_killing_the_scheduler_leader_hands_sweeping_to_another_process(
             worker.wait_for(READY, 2)
             leader = worker.wait_for(TOOK_LOCK, 1)[0]
             (delivery_id,) = engine.accept(make_event(event_id="evt-retry")).delivery_ids
-            # The first attempt failed and is recorded: the retry waits in the store.
+            # The first attempt failed and is recorded (its attempt row, not only its lease, which
+            # counts the attempt when it starts): the retry waits in the store.
             deadline = time.monotonic() + 20
-            while (record := engine.store.get_delivery(delivery_id)) is None or record.attempts < 1:
+            while not engine.store.attempts_of(delivery_id):
                 assert time.monotonic() < deadline, worker.text()
                 time.sleep(0.05)
             os.kill(int(leader), signal.SIGKILL)
