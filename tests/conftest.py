@@ -13,6 +13,9 @@ from typing import Any
 import pytest
 
 REQUIRE_SERVICES = os.environ.get("CXBRIDGE_REQUIRE_SERVICES") == "1"
+# Processes the tests start log text lines, which the tests read (JSON is the default off a terminal;
+# tests/test_logs.py checks it).
+os.environ["CXBRIDGE_LOG_FORMAT"] = "text"
 
 REDIS_URL = os.environ.get("CXBRIDGE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 AMQP_URL = os.environ.get("CXBRIDGE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")

@@ -120,10 +120,12 @@ config_option = click.option(
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 def cli(verbose: int) -> None:
     """Carry contact-center AI events into Salesforce, Zendesk and any HTTP endpoint."""
-    level = logging.WARNING - 10 * verbose
-    logging.basicConfig(
-        level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s"
-    )
+    from cxbridge.logs import configure_logging
+
+    # Read directly, not through Settings: a bad CXBRIDGE_* value must still get a one-line error.
+    log_format = os.environ.get("CXBRIDGE_LOG_FORMAT", "auto")
+    level = max(logging.WARNING - 10 * verbose, logging.DEBUG)
+    configure_logging(level, log_format if log_format in ("json", "text") else "auto")
 
 
 @cli.command()
@@ -294,6 +296,9 @@ def worker(threads: int, processes: int, no_scheduler: bool, config: Path | None
     on stderr says which)."""
     from cxbridge.workers import WorkerStartError, run_workers
 
+    root = logging.getLogger()
+    if root.level > logging.INFO:  # a long-running worker tells its story (-v: more)
+        root.setLevel(logging.INFO)
     try:
         run_workers(
             _settings(config), processes=processes, threads=threads, scheduler=not no_scheduler

@@ -67,8 +67,10 @@ class Election:
             self.leader = False
             return False
         if leader != self.leader:
-            # Rare, and what an operator looks for after a process died: WARNING, like "worker ready".
-            log.warning(
+            # What an operator looks for after a process died: taking the lock at INFO (the
+            # worker's story), losing it at WARNING.
+            log.log(
+                logging.INFO if leader else logging.WARNING,
                 "scheduler: %s the %s lock (holder %s)",
                 "took" if leader else "lost",
                 self.name,

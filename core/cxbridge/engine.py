@@ -26,13 +26,14 @@ committed (the scheduler sends what could not be sent); a store that is away fai
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import threading
 import time
 import traceback
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +157,8 @@ class Engine:
         self._worker: Any = None
         self.watchdog: ThreadWatchdog | None = None  # while started
         self._stop = threading.Event()
+        self._tally: collections.Counter[str] = collections.Counter()
+        self._tally_lock = threading.Lock()
         self._scheduler: threading.Thread | None = None
         self.heartbeat = LeaseHeartbeat(self.store, self.lease_seconds)
 
@@ -345,12 +348,54 @@ class Engine:
                 outcome.kind.value,
             )
             return outcome
+        self._tell(record, delivery.attempt, outcome, duration_ms, next_at, dead_reason)
         if short and next_at is not None:
             self._send_in(record.id, (next_at - now).total_seconds())
         self._enqueue_next_head(record)
         if dead_reason is not None:
             self.outbox.dispatch([record.id])
         return outcome
+
+    def _tell(
+        self,
+        record: DeliveryRecord,
+        attempt: int,
+        outcome: Outcome,
+        duration_ms: float,
+        next_at: datetime | None,
+        dead_reason: str | None,
+    ) -> None:
+        """One INFO line per recorded outcome, and the tally behind the worker's summary line."""
+        where = f"{record.tenant}/{record.destination} {record.event_type} {record.id}"
+        if outcome.ok:
+            kind = "delivered"
+            log.info("delivered %s, attempt %d, %.0f ms", where, attempt, duration_ms)
+        elif dead_reason is not None:
+            kind = "dead"
+            log.info("dead letter %s after attempt %d: %s", where, attempt, dead_reason)
+        else:
+            kind = "retried"
+            wait = (next_at - self.clock.now()).total_seconds() if next_at else 0.0
+            log.info(
+                "retry %s, attempt %d: %s; next in %.1f s", where, attempt, outcome.error, wait
+            )
+        if outcome.disable_destination:
+            log.warning(
+                "destination %s/%s disabled: %s (`cxbridge enable -t %s -d %s` lifts it)",
+                record.tenant,
+                record.destination,
+                outcome.error,
+                record.tenant,
+                record.destination,
+            )
+        with self._tally_lock:
+            self._tally[kind] += 1
+
+    def take_tally(self) -> dict[str, int]:
+        """How many attempts were delivered, retried and dead-lettered here since the last call."""
+        with self._tally_lock:
+            tally, self._tally = dict(self._tally), collections.Counter()
+        return tally
 
     def _resend_if_early(self, delivery_id: str) -> None:
         """A message may arrive a moment before its delivery is due (the broker's and the store's

@@ -8,7 +8,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["JsonFormatter", "configure_logging"]
+__all__ = ["TEXT_FORMAT", "JsonFormatter", "configure_logging"]
 
 # Attributes every LogRecord has; anything else was passed with `extra=` and is logged as a field.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
@@ -30,13 +30,15 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data, default=str)
 
 
-def configure_logging(level: int, log_format: str = "auto") -> None:
-    """``json`` or ``text``; ``auto`` is text on a terminal and JSON otherwise (services, CI, files)."""
+TEXT_FORMAT = "%(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(level: int, log_format: str = "auto", text: str = TEXT_FORMAT) -> None:
+    """``json`` or ``text`` (the ``text`` format string); ``auto`` is text on a terminal and JSON
+    otherwise (services, CI, files)."""
     use_json = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
     handler = logging.StreamHandler()
-    handler.setFormatter(
-        JsonFormatter() if use_json else logging.Formatter("%(levelname)s %(name)s: %(message)s")
-    )
+    handler.setFormatter(JsonFormatter() if use_json else logging.Formatter(text))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

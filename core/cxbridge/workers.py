@@ -16,10 +16,12 @@ import os
 import signal
 import sys
 import threading
+import time
 from multiprocessing.queues import SimpleQueue
 from typing import TYPE_CHECKING
 
 from cxbridge.errors import ConfigError, CxbridgeError
+from cxbridge.logs import configure_logging
 from cxbridge.settings import Settings, redact_url
 from cxbridge.supervisor import FATAL_EXIT, Supervisor, WorkerStartError
 
@@ -108,8 +110,8 @@ def run_worker_process(
       WorkerStartError: when not supervised.
     """
     if log_level is not None:  # a spawned child starts with no logging configured
-        logging.basicConfig(
-            level=log_level, format="%(levelname)s %(name)s[%(process)d]: %(message)s"
+        configure_logging(
+            log_level, settings.log_format, "%(levelname)s %(name)s[%(process)d]: %(message)s"
         )
     stop, report = threading.Event(), threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -126,12 +128,14 @@ def run_worker_process(
             sys.exit(FATAL_EXIT)
         print(f"cxbridge worker (pid {os.getpid()}): {exc}", file=sys.stderr)
         sys.exit(1)
+    _tell_setup(engine, settings)
     engine.start(threads=threads, scheduler=scheduler)
-    log.warning(
+    log.info(
         "worker ready: %d thread(s), scheduler %s",
         threads,
         "thread on (elected through the store)" if scheduler else "off",
     )
+    last_summary = time.monotonic()
     while not stop.wait(1.0):
         if fatal is not None and os.getppid() != parent:
             log.warning("the supervising process is gone; stopping")
@@ -139,7 +143,46 @@ def run_worker_process(
         if report.is_set() and engine.watchdog is not None:
             report.clear()
             log.warning("health: %s", engine.watchdog.health())
+        if time.monotonic() - last_summary >= SUMMARY_EVERY:
+            last_summary = time.monotonic()
+            _tell_summary(engine)
     engine.close()
+
+
+#: Seconds between a worker's summary lines.
+SUMMARY_EVERY = 60.0
+
+
+def _tell_setup(engine: Engine, settings: Settings) -> None:
+    """What this worker runs on, at INFO: store, broker, tenants and plugins (no secrets)."""
+    log.info(
+        "store %s, broker %s (queue %s)",
+        redact_url(settings.database_url),
+        redact_url(settings.broker_url),
+        engine.queue_name,
+    )
+    for tenant in engine.tenants.values():
+        destinations = ", ".join(f"{d.name} ({d.type})" for d in tenant.destinations.values())
+        log.info("tenant %s from %s: %s", tenant.name, tenant.file, destinations or "none")
+    plugins = ", ".join(f"{p.name} {p.version or ''}".strip() for p in engine.plugins.info())
+    log.info("plugins: %s", plugins or "none")
+
+
+def _tell_summary(engine: Engine) -> None:
+    """One line a minute: what this process did, and what waits in the store."""
+    tally = engine.take_tally()
+    try:
+        pending = engine.store.status_counts().get("pending", 0)
+    except Exception as exc:  # a summary line must not stop the worker
+        log.warning("summary: the store is unavailable (%s)", _cause(exc))
+        return
+    log.info(
+        "last minute: %d delivered, %d retried, %d dead-lettered; %d pending in the store",
+        tally.get("delivered", 0),
+        tally.get("retried", 0),
+        tally.get("dead", 0),
+        pending,
+    )
 
 
 def run_workers(settings: Settings, *, processes: int, threads: int, scheduler: bool) -> None:
