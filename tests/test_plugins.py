@@ -33,7 +33,7 @@ def test_in_tree_plugins_load_through_entry_points():
     assert {"http", "salesforce", "zendesk"} <= set(manager.destination_types)
     assert manager.failures == []
     info = {i.name: i for i in manager.info()}
-    assert (info["http"].distribution or "").replace("_", "-") == "cxbridge-generic-http"
+    assert info["http"].distribution == "cxbridge-http"
     assert "register_destinations" in info["http"].hooks
 
 
