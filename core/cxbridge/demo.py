@@ -221,7 +221,9 @@ def run_demo(settings: Settings, *, events: int = 8, timeout: float = 45.0) -> i
             ids = _send(engine, sample_events(events))
             told: set[int] = set()  # attempts already printed
             _watch(engine, ids, timeout, "delivering (retries and dead letters show up here)", told)
-            dead = [i for i in ids if _status(engine, i) == DEAD]
+            dead = [
+                r.id for r in engine.store.list_deliveries(DeliveryFilter(ids=ids, status=DEAD))
+            ]
             if dead:
                 receiver.rejecting = False
                 click.echo(f"\n{REJECTING} is fixed now: replaying its {len(dead)} dead letter(s)")
@@ -259,11 +261,6 @@ def _send(engine: Engine, raw_events: list[dict[str, Any]]) -> list[str]:
         click.echo(f"  {raw['type']:<14} -> {where or 'no destination of acme subscribes to it'}")
         ids += accepted.delivery_ids
     return ids
-
-
-def _status(engine: Engine, delivery_id: str) -> str | None:
-    record = engine.store.get_delivery(delivery_id)
-    return record.status if record else None
 
 
 def _watch(engine: Engine, ids: list[str], timeout: float, title: str, told: set[int]) -> None:

@@ -348,7 +348,7 @@ class Engine:
                 outcome.kind.value,
             )
             return outcome
-        self._tell(record, delivery.attempt, outcome, duration_ms, next_at, dead_reason)
+        self._tell(record, delivery.attempt, outcome, duration_ms, now, next_at, dead_reason)
         if short and next_at is not None:
             self._send_in(record.id, (next_at - now).total_seconds())
         self._enqueue_next_head(record)
@@ -362,23 +362,15 @@ class Engine:
         attempt: int,
         outcome: Outcome,
         duration_ms: float,
+        now: datetime,
         next_at: datetime | None,
         dead_reason: str | None,
     ) -> None:
-        """One INFO line per recorded outcome, and the tally behind the worker's summary line."""
-        where = f"{record.tenant}/{record.destination} {record.event_type} {record.id}"
-        if outcome.ok:
-            kind = "delivered"
-            log.info("delivered %s, attempt %d, %.0f ms", where, attempt, duration_ms)
-        elif dead_reason is not None:
-            kind = "dead"
-            log.info("dead letter %s after attempt %d: %s", where, attempt, dead_reason)
-        else:
-            kind = "retried"
-            wait = (next_at - self.clock.now()).total_seconds() if next_at else 0.0
-            log.info(
-                "retry %s, attempt %d: %s; next in %.1f s", where, attempt, outcome.error, wait
-            )
+        """The tally behind the worker's summary line, and one INFO line per recorded outcome
+        (built only when INFO is on: this runs on every attempt)."""
+        kind = "delivered" if outcome.ok else "dead" if dead_reason is not None else "retried"
+        with self._tally_lock:
+            self._tally[kind] += 1
         if outcome.disable_destination:
             log.warning(
                 "destination %s/%s disabled: %s (`cxbridge enable -t %s -d %s` lifts it)",
@@ -388,8 +380,18 @@ class Engine:
                 record.tenant,
                 record.destination,
             )
-        with self._tally_lock:
-            self._tally[kind] += 1
+        if not log.isEnabledFor(logging.INFO):
+            return
+        where = f"{record.tenant}/{record.destination} {record.event_type} {record.id}"
+        if kind == "delivered":
+            log.info("delivered %s, attempt %d, %.0f ms", where, attempt, duration_ms)
+        elif kind == "dead":
+            log.info("dead letter %s after attempt %d: %s", where, attempt, dead_reason)
+        else:
+            wait = (next_at - now).total_seconds() if next_at else 0.0
+            log.info(
+                "retry %s, attempt %d: %s; next in %.1f s", where, attempt, outcome.error, wait
+            )
 
     def take_tally(self) -> dict[str, int]:
         """How many attempts were delivered, retried and dead-lettered here since the last call."""

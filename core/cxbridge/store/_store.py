@@ -593,14 +593,23 @@ class Store(ServiceQueries):
                 query = query.where(column == value)
         if since is not None:
             query = query.where(e.received_at >= since.timestamp())
-        query = query.order_by(e.received_at.desc()).limit(limit)
+        newest = query.order_by(e.received_at.desc()).limit(limit).subquery()
+        # The deliveries of all listed events counted in one query, not one query per event.
+        counts = (
+            sa.select(c.tenant, c.event_id, c.status, sa.func.count())
+            .join(newest, sa.and_(c.tenant == newest.c.tenant, c.event_id == newest.c.id))
+            .group_by(c.tenant, c.event_id, c.status)
+        )
         with self._reader.connect() as conn:
-            rows = [dict(r._mapping) for r in conn.execute(query)]
-            for row in rows:
-                counts = sa.select(c.status, sa.func.count()).where(
-                    c.tenant == row["tenant"], c.event_id == row["id"]
-                )
-                row["deliveries"] = dict(conn.execute(counts.group_by(c.status)).all())
+            rows = [
+                dict(r._mapping)
+                for r in conn.execute(sa.select(newest).order_by(newest.c.received_at.desc()))
+            ]
+            by_event: dict[tuple[str, str], dict[str, int]] = {}
+            for tenant_, event_id, status, n in conn.execute(counts):
+                by_event.setdefault((tenant_, event_id), {})[status] = n
+        for row in rows:
+            row["deliveries"] = by_event.get((row["tenant"], row["id"]), {})
         return rows
 
     def count_deliveries(self, where: DeliveryFilter) -> int:
