@@ -68,3 +68,21 @@ def test_the_summary_line_counts_outcomes_and_what_waits(
         lines[0] == "last minute: 2 delivered, 1 retried, 1 dead-lettered; 1 pending in the store"
     )
     assert lines[1].startswith("last minute: 0 delivered, 0 retried, 0 dead-lettered")
+
+
+def test_a_disabled_destination_is_a_warning_naming_the_command_that_lifts_it(
+    make_engine, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    engine, plugin, _ = make_engine(tmp_path)
+    plugin.script.append(Outcome.permanent("HTTP 410 Gone", disable_destination=True))
+    (delivery_id, *_) = engine.accept(make_event(score=90)).delivery_ids
+    with caplog.at_level(logging.INFO, logger="cxbridge.engine"):
+        engine.process(delivery_id)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(
+        "destination acme/crm disabled: HTTP 410 Gone" in m
+        and "`cxbridge enable -t acme -d crm` lifts it" in m
+        for m in warnings
+    ), warnings
+    infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert any(m.startswith("dead letter acme/crm quality_score dlv_") for m in infos), infos
